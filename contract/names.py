@@ -1,0 +1,59 @@
+"""NATS subject, stream and header names shared by edge and hub."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = [
+    "CONSUMER_NAME",
+    "HDR_CODEC",
+    "HDR_COUNT",
+    "HDR_EDGE",
+    "HDR_MSG_ID",
+    "HDR_SEQ",
+    "HDR_SIGNATURE",
+    "STREAM_NAME",
+    "STREAM_SUBJECTS",
+    "TOKEN_RE",
+    "msg_id",
+    "parse_telemetry_subject",
+    "telemetry_subject",
+]
+
+STREAM_NAME: Final = "CAIRN_TELEMETRY"
+STREAM_SUBJECTS: Final = "cairn.telemetry.>"
+CONSUMER_NAME: Final = "cairn-hub-ingest"
+
+HDR_MSG_ID: Final = "Nats-Msg-Id"
+"""JetStream's de-duplication header; Cairn sets it to ``<edge>:<seq>``."""
+HDR_EDGE: Final = "Cairn-Edge"
+HDR_SEQ: Final = "Cairn-Seq"
+HDR_CODEC: Final = "Cairn-Codec"
+HDR_COUNT: Final = "Cairn-Count"
+HDR_SIGNATURE: Final = "Cairn-Sig"
+
+TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""What a tenant or edge id may look like: one safe NATS subject token."""
+
+_PREFIX: Final = "cairn.telemetry."
+
+
+def telemetry_subject(tenant: str, edge: str) -> str:
+    """The subject an edge publishes its batches on."""
+    return f"{_PREFIX}{tenant}.{edge}"
+
+
+def parse_telemetry_subject(subject: str) -> tuple[str, str] | None:
+    """``(tenant, edge)`` from a telemetry subject, or ``None`` if it is not one."""
+    if not subject.startswith(_PREFIX):
+        return None
+    parts = subject[len(_PREFIX) :].split(".")
+    if len(parts) != 2 or not all(TOKEN_RE.match(p) for p in parts):
+        return None
+    return parts[0], parts[1]
+
+
+def msg_id(edge: str, seq: int) -> str:
+    """The ``Nats-Msg-Id`` of batch ``seq`` of ``edge``."""
+    return f"{edge}:{seq}"
