@@ -7,6 +7,8 @@ Run from the repository root::
 Data: the deterministic simulated fleet of ``tests/test_codec.py`` (50 devices x 3 sensors at
 1 Hz, quantised temperature/humidity/pressure), optionally with +-jitter microseconds of
 timestamp jitter. Speeds are the best of several timed rounds on one thread (one core).
+Readings arrive interleaved, so a batch of 100 holds 100 series of one reading each: the worst
+case for per-series and per-batch costs (~0.3 ms to encode, ~0.1 ms + ~1 us/series to decode).
 """
 
 from __future__ import annotations
