@@ -1,0 +1,300 @@
+"""``cairn-sim``: simulated sensor fleets over MQTT (also ``python -m simulator``).
+
+Subcommands:
+
+- ``run``: send a seeded fleet to an MQTT broker, paced (real time, or ``--speed`` times faster)
+  or ``--fast``; prints a live line and a summary of what the broker acknowledged;
+- ``preview``: print the first readings of a fleet as tables, one per device;
+- ``demo``, ``bench``: a whole Cairn on this machine, and its benchmark (``simulator/demo.py``,
+  ``simulator/bench.py``; each defines ``add_<name>_args(parser)`` and ``main(args) -> int``,
+  imported only when its subcommand is used).
+
+Errors print one line, ``cairn-sim: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Final, NoReturn
+
+from contract.errors import CairnError, ConfigError
+from simulator.fleet import Fleet, FleetSpec
+from simulator.generators import kind_info
+from simulator.send import MODES, Ledger, send_fleet
+
+__all__ = ["build_parser", "main"]
+
+_PROG: Final = "cairn-sim"
+_PLUGINS: Final = {
+    "demo": "run a whole Cairn here: NATS, Mosquitto, hub, edge and a live fleet",
+    "bench": "benchmark the whole path on this machine",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line: ``cairn-sim: <problem> (see --help)``, status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{_PROG}: {message} (see {self.prog} --help)\n")
+
+
+def _plugin(name: str) -> ModuleType | None:
+    """``simulator.<name>`` if it is there, else ``None``."""
+    try:
+        return importlib.import_module(f"simulator.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"simulator.{name}":
+            return None
+        raise
+
+
+def _start_us(text: str) -> int:
+    if text == "now":
+        return time.time_ns() // 1000
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not 'now', microseconds or an ISO 8601 time"
+        ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000 + dt.microsecond
+
+
+def _add_fleet_args(p: argparse.ArgumentParser, devices: int, sensors: int) -> None:
+    p.add_argument("--devices", type=int, default=devices, help=f"devices (default {devices})")
+    p.add_argument(
+        "--sensors", type=int, default=sensors, help=f"sensors per device (default {sensors})"
+    )
+    p.add_argument(
+        "--rate", type=float, default=1.0, help="instants per second per device (default 1)"
+    )
+    p.add_argument("--seed", type=int, default=1, help="fleet seed (default 1)")
+    p.add_argument("--prefix", default="dev", help="device id prefix (default dev)")
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; ``demo``/``bench`` get their arguments only when ``argv`` names them."""
+    parser = _Parser(prog=_PROG, description="Simulated sensor fleets for Cairn.")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="send a seeded fleet to an MQTT broker")
+    run.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL")
+    _add_fleet_args(run, devices=50, sensors=3)
+    length = run.add_mutually_exclusive_group()
+    length.add_argument("--count", type=int, help="instants to send (default: endless)")
+    length.add_argument("--duration", type=float, help="seconds of fleet time to send")
+    run.add_argument("--fast", action="store_true", help="as fast as the broker acks (no pacing)")
+    run.add_argument("--speed", type=float, default=1.0, help="paced time scale (default 1)")
+    run.add_argument("--mode", choices=MODES, default="json", help="payload layout (json)")
+    run.add_argument(
+        "--instants-per-message",
+        type=int,
+        default=1,
+        help="json mode: instants per message, sent as a JSON array when > 1 (default 1)",
+    )
+    run.add_argument("--qos", type=int, choices=(0, 1), default=1, help="MQTT QoS (default 1)")
+    run.add_argument("--client-id", default="cairn-sim", help="MQTT client id")
+    run.add_argument(
+        "--start",
+        type=_start_us,
+        default="now",
+        help="timestamp of instant 0: 'now' (default), ISO 8601 (UTC) or microseconds",
+    )
+
+    preview = sub.add_parser("preview", help="print a fleet's first readings")
+    _add_fleet_args(preview, devices=2, sensors=8)
+    preview.add_argument("-n", type=int, default=5, help="instants per device (default 5)")
+    preview.add_argument(
+        "--start", type=_start_us, default="2026-01-01T00:00:00Z", help="timestamp of instant 0"
+    )
+
+    wanted = next((a for a in argv if a in {"run", "preview", *_PLUGINS}), None)
+    for name, help_text in _PLUGINS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == wanted:
+            module = _plugin(name)
+            if module is not None:
+                getattr(module, f"add_{name}_args")(p)
+    return parser
+
+
+def _spec(args: argparse.Namespace) -> FleetSpec:
+    return FleetSpec(
+        seed=args.seed,
+        devices=args.devices,
+        sensors=args.sensors,
+        rate_hz=args.rate,
+        start_us=args.start,
+        device_prefix=args.prefix,
+    )
+
+
+def _iso(ts_us: int) -> str:
+    seconds, micros = divmod(ts_us, 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{micros:06d}Z"
+
+
+def _preview(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise ConfigError("n", "must be at least 1")
+    fleet = Fleet(_spec(args))
+    spec = fleet.spec
+    print(
+        f"fleet seed {spec.seed}: {spec.devices} devices x {spec.sensors} sensors "
+        f"at {spec.rate_hz:g} Hz from {_iso(spec.start_us)}\n"
+    )
+    print(f"{'sensor':<10} {'kind':<12} {'unit':<5} values")
+    for key, kind in zip(fleet.sensor_keys, fleet.sensor_kinds, strict=True):
+        info = kind_info(kind)
+        quantum = f" ({10.0**-info.decimals:g})" if info.decimals is not None else ""
+        print(f"{key:<10} {kind:<12} {info.unit:<5} {info.type}{quantum}: {info.description}")
+    stamps = [_iso(ts) for ts in fleet.timestamps(0, args.n)]
+    for d, device in enumerate(fleet.device_ids):
+        columns = [
+            [
+                str(v).lower() if isinstance(v, bool) else repr(v)
+                for v in fleet.values(d, s, 0, args.n)
+            ]
+            for s in range(spec.sensors)
+        ]
+        widths = [
+            max(len(k), *(len(v) for v in col))
+            for k, col in zip(fleet.sensor_keys, columns, strict=True)
+        ]
+        print(f"\n{device}")
+        print(
+            f"{'ts':<27}  "
+            + "  ".join(f"{k:>{w}}" for k, w in zip(fleet.sensor_keys, widths, strict=True))
+        )
+        for k, ts in enumerate(stamps):
+            print(
+                f"{ts:<27}  "
+                + "  ".join(f"{col[k]:>{w}}" for col, w in zip(columns, widths, strict=True))
+            )
+    return 0
+
+
+def _rate(n: float, seconds: float) -> str:
+    return f"{n / seconds:,.0f}/s" if seconds > 0 else "-"
+
+
+async def _run(args: argparse.Namespace) -> int:
+    fleet = Fleet(_spec(args))
+    if args.count is not None and args.count < 0:
+        raise ConfigError("count", "must not be negative")
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        raise ConfigError("duration", "must be a positive number of seconds")
+    if args.count is not None:
+        instants: range | None = range(args.count)
+    elif args.duration is not None:
+        instants = range(fleet.instants_in(args.duration))
+    else:
+        instants = None
+    ledger = Ledger()
+    started = time.monotonic()
+    sender = asyncio.create_task(
+        send_fleet(
+            fleet,
+            args.mqtt,
+            instants=instants,
+            mode=args.mode,
+            instants_per_message=args.instants_per_message,
+            paced=not args.fast,
+            speed=args.speed,
+            qos=args.qos,
+            ledger=ledger,
+            client_id=args.client_id,
+        ),
+        name="send-fleet",
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, sender.cancel)
+    live = sys.stdout.isatty()
+    what = "endless" if instants is None else f"{len(instants):,} instants"
+    print(
+        f"{_PROG}: {fleet.spec.devices} devices x {fleet.spec.sensors} sensors, {what}, "
+        f"{'fast' if args.fast else f'paced x{args.speed:g}'}, {args.mode} to {args.mqtt}",
+        flush=True,
+    )
+    interrupted = False
+    try:
+        while not sender.done():
+            await asyncio.wait({sender}, timeout=1.0)
+            if live:
+                elapsed = time.monotonic() - started
+                sys.stdout.write(
+                    f"\r{elapsed:7.1f}s  acked {ledger.messages:>11,} messages "
+                    f"{ledger.count:>12,} readings ({_rate(ledger.count, elapsed)})   "
+                )
+                sys.stdout.flush()
+        await sender
+    except asyncio.CancelledError:
+        interrupted = True
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    elapsed = time.monotonic() - started
+    if live:
+        print()
+    print(
+        f"{_PROG}: {'interrupted; ' if interrupted else ''}{ledger.messages:,} messages, "
+        f"{ledger.count:,} readings acknowledged in {elapsed:.1f}s "
+        f"({_rate(ledger.messages, elapsed)} messages, {_rate(ledger.count, elapsed)} readings)"
+    )
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return asyncio.run(_run(args))
+    if args.command == "preview":
+        return _preview(args)
+    module = _plugin(args.command)
+    if module is None:
+        raise _UnavailableError(args.command)
+    return int(module.main(args))
+
+
+class _UnavailableError(CairnError):
+    def __init__(self, command: str) -> None:
+        super().__init__(f"'{command}' is not available here (simulator/{command}.py is missing)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cairn-sim``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        print(f"{_PROG}: unknown log level {args.log_level!r}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except CairnError as exc:
+        print(f"{_PROG}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
