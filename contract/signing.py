@@ -176,7 +176,7 @@ def signing_payload(tenant: str, edge: str, seq: int, codec: int, body: bytes) -
     )
 
 
-def sign_batch(  # noqa: PLR0917 - the contract's positional signature
+def sign_batch(
     key: Ed25519PrivateKey, tenant: str, edge: str, seq: int, codec: int, body: bytes
 ) -> str:
     """The ``Cairn-Sig`` header value of a batch: base64url, no padding (86 characters)."""
@@ -209,7 +209,7 @@ def _decode_signature(signature: str) -> bytes:
     return raw
 
 
-def verify_batch(  # noqa: PLR0917 - the contract's positional signature
+def verify_batch(
     public_key: bytes,
     tenant: str,
     edge: str,

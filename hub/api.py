@@ -1,0 +1,260 @@
+"""The hub's REST API (aiohttp), versioned under ``/api/v1``, JSON in and out.
+
+Every route needs ``Authorization: Bearer <token>``; every query is scoped to the token's
+tenant. Errors are JSON ``{"error": slug, "detail": text}``; bad input is a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from aiohttp import web
+
+from contract.errors import AuthError
+from contract.model import Reading, Value
+from hub.auth import Claims, TokenAuthority
+from hub.ingest import IngestStats
+from hub.store import Store, StoreError
+
+__all__ = ["ROUTES", "make_app"]
+
+_STORE: Final = web.AppKey("store", Store)
+_AUTH: Final = web.AppKey("auth", TokenAuthority)
+_INGEST: Final = web.AppKey("ingest", IngestStats)
+_CLAIMS: Final = "cairn.claims"
+
+DEFAULT_LIMIT: Final = 1000
+MAX_LIMIT: Final = 10_000
+_MIN_US: Final = -(2**63)
+_MAX_US: Final = 2**63 - 1
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, slug: str, detail: str) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response({"error": slug, "detail": detail}, status=status, headers=headers)
+
+
+def _iso(ts_us: int) -> str:
+    try:
+        dt = datetime.fromtimestamp(ts_us / 1_000_000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return ""
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _json_value(v: Value) -> Any:
+    """JSON has no NaN or infinities: send them as the strings JavaScript would print."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    return v
+
+
+def _time_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(raw)
+    except ValueError:
+        raise StoreError(f"{name}: integer microseconds or ISO-8601 time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@web.middleware
+async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return _error(401, "unauthorized", "missing bearer token")
+    try:
+        request[_CLAIMS] = request.app[_AUTH].verify(token.strip())
+    except AuthError as exc:
+        return _error(401, "unauthorized", str(exc))
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        return _error(400, "bad-parameter", str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason)
+
+
+def _claims(request: web.Request) -> Claims:
+    claims: Claims = request[_CLAIMS]
+    return claims
+
+
+async def _devices(request: web.Request) -> web.Response:
+    tenant = _claims(request).tenant
+    devices = await asyncio.to_thread(request.app[_STORE].devices, tenant)
+    return web.json_response(
+        {
+            "devices": [
+                {
+                    "device": d.device,
+                    "sensors": [
+                        {
+                            "sensor": s.sensor,
+                            "count": s.count,
+                            "last_ts": s.last_ts,
+                            "last_time": _iso(s.last_ts) if s.last_ts is not None else None,
+                        }
+                        for s in d.sensors
+                    ],
+                }
+                for d in devices
+            ]
+        }
+    )
+
+
+def _reading_json(r: Reading) -> dict[str, Any]:
+    return {"ts": r.ts, "time": _iso(r.ts), "value": _json_value(r.value), "flags": r.flags}
+
+
+async def _readings(request: web.Request) -> web.Response:
+    tenant = _claims(request).tenant
+    store = request.app[_STORE]
+    device = request.match_info["device"]
+    sensor = request.query.get("sensor")
+    if not sensor:
+        return _error(400, "bad-parameter", "sensor: required")
+    start = _time_param(request, "from", _MIN_US)
+    end = _time_param(request, "to", _MAX_US)
+    try:
+        limit = int(request.query.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        return _error(400, "bad-parameter", "limit: an integer")
+    if not 1 <= limit <= MAX_LIMIT:
+        return _error(400, "bad-parameter", f"limit: between 1 and {MAX_LIMIT}")
+    cursor = request.query.get("cursor") or None
+    if not await asyncio.to_thread(store.has_series, tenant, device, sensor):
+        return _error(404, "not-found", "no such device and sensor")
+    page, next_cursor = await asyncio.to_thread(
+        store.readings, tenant, device, sensor, start, end, limit, cursor
+    )
+    return web.json_response(
+        {
+            "device": device,
+            "sensor": sensor,
+            "readings": [_reading_json(r) for r in page],
+            "next_cursor": next_cursor,
+        }
+    )
+
+
+async def _latest(request: web.Request) -> web.Response:
+    tenant = _claims(request).tenant
+    device = request.query.get("device") or None
+    rows = await asyncio.to_thread(request.app[_STORE].latest, tenant, device)
+    return web.json_response(
+        {
+            "latest": [
+                {
+                    "device": x.device,
+                    "sensor": x.sensor,
+                    "ts": x.ts,
+                    "time": _iso(x.ts),
+                    "value": _json_value(x.value),
+                    "flags": x.flags,
+                }
+                for x in rows
+            ]
+        }
+    )
+
+
+async def _edges(request: web.Request) -> web.Response:
+    tenant = _claims(request).tenant
+    rows = await asyncio.to_thread(request.app[_STORE].edges, tenant)
+    for r in rows:
+        r["last_time"] = _iso(r["last_us"])
+    return web.json_response({"edges": rows})
+
+
+async def _stats(request: web.Request) -> web.Response:
+    tenant = _claims(request).tenant
+    stats = await asyncio.to_thread(request.app[_STORE].stats, tenant)
+    return web.json_response({**stats, "ingest": request.app[_INGEST].as_dict()})
+
+
+async def _openapi(_request: web.Request) -> web.Response:
+    return web.json_response(openapi_spec())
+
+
+ROUTES: Final[tuple[tuple[str, str, Handler, str], ...]] = (
+    ("GET", "/api/v1/devices", _devices, "Devices of the tenant and their sensors"),
+    ("GET", "/api/v1/devices/{device}/readings", _readings, "Readings of one sensor in a range"),
+    ("GET", "/api/v1/latest", _latest, "Latest value of every sensor"),
+    ("GET", "/api/v1/edges", _edges, "Edges of the tenant with counts"),
+    ("GET", "/api/v1/stats", _stats, "Stored readings and ingest counters"),
+    ("GET", "/api/v1/openapi.json", _openapi, "This API's OpenAPI document"),
+)
+"""Every route of the API: the attack tests iterate over this table."""
+
+
+def openapi_spec() -> dict[str, Any]:
+    params = {
+        "/api/v1/devices/{device}/readings": [
+            {"name": "device", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "sensor", "in": "query", "required": True, "schema": {"type": "string"}},
+            {"name": "from", "in": "query", "schema": {"type": "string"}},
+            {"name": "to", "in": "query", "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+            {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+        ],
+        "/api/v1/latest": [{"name": "device", "in": "query", "schema": {"type": "string"}}],
+    }
+    responses = {
+        "200": {"description": "OK", "content": {"application/json": {}}},
+        "400": {"description": "Bad parameter"},
+        "401": {"description": "Missing or invalid token"},
+        "404": {"description": "Not found"},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Cairn hub API", "version": "1"},
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            }
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            path: {
+                method.lower(): {
+                    "summary": summary,
+                    "parameters": params.get(path, []),
+                    "responses": responses,
+                }
+            }
+            for method, path, _h, summary in ROUTES
+        },
+    }
+
+
+def make_app(
+    store: Store, auth: TokenAuthority, ingest: IngestStats | None = None
+) -> web.Application:
+    """The API application; ``store`` and ``auth`` are shared with the rest of the hub."""
+    app = web.Application(middlewares=[_errors_and_auth], client_max_size=64 * 1024)
+    app[_STORE] = store
+    app[_AUTH] = auth
+    app[_INGEST] = ingest or IngestStats()
+    for method, path, handler, _summary in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

@@ -1,0 +1,132 @@
+"""Bearer tokens of the hub API: EdDSA JWTs signed with a key the hub makes on first start.
+
+Checks (any failure is an :class:`~contract.errors.AuthError` with a short reason):
+algorithm pinned to ``EdDSA`` (no ``none``, no HS/RS confusion); ``kid`` must be this hub's own;
+``exp``, ``nbf``, ``iat``, ``iss``, ``aud``, ``sub``, ``tenant``, ``role``, ``jti`` required;
+times checked with a small leeway. Verified tokens are cached until they expire, because a
+signature check costs ~260 us (FACTS.md) and the same token arrives again and again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from contract.errors import AuthError
+from contract.names import TOKEN_RE
+from contract.signing import load_or_create_key, public_key_bytes
+
+__all__ = ["ROLES", "Claims", "TokenAuthority"]
+
+ROLES: Final = ("admin", "operator", "viewer")
+"""Roles of API tokens. In this version every role may read its own tenant's data."""
+
+_ALGORITHM: Final = "EdDSA"
+_CACHE_MAX: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a verified token says about its bearer."""
+
+    subject: str
+    tenant: str
+    role: str
+    expires: int
+    jti: str
+
+
+class TokenAuthority:
+    """Issues and verifies the hub's API tokens."""
+
+    def __init__(self, key_path: Path, *, issuer: str, audience: str, leeway_s: int = 30) -> None:
+        self._key: Ed25519PrivateKey = load_or_create_key(key_path)
+        self._public: Ed25519PublicKey = self._key.public_key()
+        self.kid = hashlib.sha256(public_key_bytes(self._key)).hexdigest()[:16]
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway_s = leeway_s
+        self._cache: dict[str, Claims] = {}
+
+    def public_key_pem(self) -> bytes:
+        return self._public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def issue(self, tenant: str, role: str, ttl_s: int, subject: str | None = None) -> str:
+        """A signed token for ``role`` in ``tenant``, valid for ``ttl_s`` seconds from now."""
+        if not TOKEN_RE.match(tenant):
+            raise AuthError(f"tenant must match {TOKEN_RE.pattern}, got {tenant!r}")
+        if role not in ROLES:
+            raise AuthError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        if ttl_s <= 0:
+            raise AuthError(f"ttl must be positive, got {ttl_s}")
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject or f"{role}@{tenant}",
+            "tenant": tenant,
+            "role": role,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl_s,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._key, algorithm=_ALGORITHM, headers={"kid": self.kid})
+
+    def verify(self, token: str) -> Claims:
+        """The claims of a valid token; :class:`AuthError` for anything else."""
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.expires + self.leeway_s >= time.time():
+                return cached
+            del self._cache[token]
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthError("malformed token") from exc
+        if header.get("alg") != _ALGORITHM:
+            raise AuthError(f"token algorithm must be {_ALGORITHM}")
+        if header.get("kid") != self.kid:
+            raise AuthError("token signed by an unknown key")
+        try:
+            raw = jwt.decode(
+                token,
+                self._public,
+                algorithms=[_ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError("token expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise AuthError("token not yet valid") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise AuthError("token for another audience") from exc
+        except jwt.InvalidIssuerError as exc:
+            raise AuthError("token from another issuer") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token lacks the {exc.claim!r} claim") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthError("invalid token signature or claims") from exc
+        tenant, role = raw.get("tenant"), raw.get("role")
+        if not isinstance(tenant, str) or not TOKEN_RE.match(tenant):
+            raise AuthError("token has no valid tenant claim")
+        if role not in ROLES:
+            raise AuthError("token has no valid role claim")
+        claims = Claims(str(raw["sub"]), tenant, str(role), int(raw["exp"]), str(raw["jti"]))
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[token] = claims
+        return claims

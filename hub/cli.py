@@ -1,0 +1,82 @@
+"""``cairn-hub``: run the hub, make API tokens, list what the store knows."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from contract.cli import LOG_LEVELS, run_command, setup_logging
+from hub.auth import ROLES
+from hub.config import load_config
+from hub.service import authority, run_hub
+from hub.store import SqliteStore
+
+__all__ = ["main"]
+
+_PROG: Final = "cairn-hub"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=_PROG, description="Cairn hub: JetStream ingest, readings store, REST API."
+    )
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help="log level"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the hub until SIGTERM or SIGINT")
+    run.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+
+    token = sub.add_parser("token", help="API tokens")
+    token_sub = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = token_sub.add_parser("create", help="print a new signed API token")
+    create.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+    create.add_argument("--tenant", required=True, help="tenant the token is for")
+    create.add_argument("--role", required=True, choices=ROLES, help="role of the bearer")
+    create.add_argument("--ttl-s", type=int, default=None, help="lifetime in seconds")
+    create.add_argument("--subject", default=None, help="who the token is for (sub claim)")
+
+    edges = sub.add_parser("edges", help="edges the store has seen")
+    edges_sub = edges.add_subparsers(dest="action", required=True, metavar="ACTION")
+    edges_list = edges_sub.add_parser("list", help="list edges with their counts")
+    edges_list.add_argument("--config", type=Path, required=True)
+    edges_list.add_argument("--tenant", default=None, help="only this tenant's edges")
+
+    tenants = sub.add_parser("tenants", help="tenants the store has seen")
+    tenants_sub = tenants.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tenants_list = tenants_sub.add_parser("list", help="list tenants")
+    tenants_list.add_argument("--config", type=Path, required=True)
+    return parser
+
+
+def _command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.command == "run":
+        asyncio.run(run_hub(config))
+        return 0
+    if args.command == "token":
+        ttl = args.ttl_s if args.ttl_s is not None else config.auth.token_ttl_s
+        print(authority(config).issue(args.tenant, args.role, ttl, args.subject))
+        return 0
+    store = SqliteStore(config.hub.store_path, readonly=True)
+    try:
+        if args.command == "edges":
+            for row in store.edges(args.tenant):
+                print(json.dumps(row))
+        else:
+            for tenant in store.tenants():
+                print(tenant)
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cairn-hub``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return run_command(_PROG, lambda: _command(args))

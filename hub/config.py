@@ -1,0 +1,150 @@
+"""The hub's configuration: one TOML file, one frozen dataclass per section.
+
+Every field is documented where it is defined and carries its bounds; a bad value fails at
+start with a :class:`~contract.errors.ConfigError` naming the key. Relative paths resolve
+against the folder of the config file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from contract.errors import ConfigError
+from contract.settings import bounded, read_toml, section, split_host_port, table
+
+__all__ = [
+    "ApiSettings",
+    "AuthSettings",
+    "HubConfig",
+    "HubSettings",
+    "NatsSettings",
+    "StoreSettings",
+    "Synchronous",
+    "load_config",
+]
+
+
+class Synchronous(StrEnum):
+    """SQLite ``synchronous`` level of store commits (the journal is always WAL)."""
+
+    NORMAL = "normal"
+    """A process crash loses no commit; a power loss may roll back the last ones, which
+    JetStream does not redeliver because the hub had acknowledged them."""
+    FULL = "full"
+    """Commits also survive a power loss, if the disk honours fsync."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """``[hub]``: where the hub keeps its state."""
+
+    state_dir: Path = Path("state")
+    """Folder of ``store.sqlite3``, the JWT signing key ``jwt-signing.pem`` and ``api.port``
+    (created with mode 0700)."""
+
+    @property
+    def store_path(self) -> Path:
+        return self.state_dir / "store.sqlite3"
+
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / "jwt-signing.pem"
+
+
+@dataclass(frozen=True, slots=True)
+class NatsSettings:
+    """``[nats]``: the JetStream server the edges publish to."""
+
+    url: str = "nats://127.0.0.1:4222"
+    """NATS server URL."""
+    duplicate_window_s: float = bounded(120.0, lo=1, hi=7 * 86400)
+    """JetStream de-duplication window of the telemetry stream, seconds. Beyond it the
+    store's (edge, seq) record still makes a re-sent batch a no-op."""
+    fetch_batch: int = bounded(64, lo=1, hi=4096)
+    """Messages asked for per pull of the durable consumer."""
+    ack_wait_s: float = bounded(30.0, lo=1, hi=3600)
+    """Seconds JetStream waits for the hub's ack before it redelivers a batch."""
+    max_ack_pending: int = bounded(1024, lo=1, hi=1_000_000)
+    """Batches delivered to the hub and not yet acknowledged, at most."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """``[store]``: the readings store."""
+
+    synchronous: Synchronous = Synchronous.NORMAL
+    """SQLite synchronous level of each batch commit: ``normal`` or ``full``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """``[api]``: the REST API."""
+
+    listen: str = "127.0.0.1:8080"
+    """``host:port`` of the REST API; port 0 picks a free one and writes it to
+    ``state_dir/api.port``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """``[auth]``: bearer tokens of the API."""
+
+    issuer: str = "cairn-hub"
+    """``iss`` of the tokens this hub issues and accepts."""
+    audience: str = "cairn-api"
+    """``aud`` of the tokens this hub issues and accepts."""
+    token_ttl_s: int = bounded(86400, lo=1, hi=366 * 86400)
+    """Lifetime of a token made by ``cairn-hub token create`` unless ``--ttl-s`` says otherwise."""
+    leeway_s: int = bounded(30, lo=0, hi=600)
+    """Clock leeway when checking ``exp``, ``nbf`` and ``iat``, seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    """The whole configuration of a hub."""
+
+    hub: HubSettings = field(default_factory=HubSettings)
+    nats: NatsSettings = field(default_factory=NatsSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    path: Path | None = None
+    """The file this configuration was read from (``None`` if built in code)."""
+
+    @property
+    def api_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.api.listen)
+
+
+def load_config(path: Path | str) -> HubConfig:
+    """Read and check the TOML file at ``path``; raises :class:`ConfigError` naming the key."""
+    path = Path(path).absolute()
+    return config_from_dict(read_toml(path), base=path.parent, path=path)
+
+
+def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) -> HubConfig:
+    """Check an already parsed TOML document; relative paths resolve against ``base``."""
+    kinds = {
+        "hub": HubSettings,
+        "nats": NatsSettings,
+        "store": StoreSettings,
+        "api": ApiSettings,
+        "auth": AuthSettings,
+    }
+    for key in raw:
+        if key not in kinds:
+            raise ConfigError(key, f"unknown section (known: {', '.join(kinds)})")
+    parts: dict[str, Any] = {k: section(cls, table(raw, k), k, base) for k, cls in kinds.items()}
+    config = HubConfig(**parts, path=path)
+    url = urlsplit(config.nats.url)
+    if url.scheme not in {"nats", "tls"} or not url.hostname:
+        raise ConfigError("nats.url", f"must be a nats:// or tls:// URL, got {config.nats.url!r}")
+    try:
+        config.api_host_port  # noqa: B018 - validates
+    except ValueError as exc:
+        raise ConfigError("api.listen", str(exc)) from exc
+    return config

@@ -1,0 +1,249 @@
+"""JetStream -> store: the hub's durable pull consumer.
+
+For each delivered batch: take (tenant, edge) from the subject, check the headers, decode the
+body, store it in one transaction (a known (tenant, edge, seq) is a no-op), and acknowledge only
+after the commit. A batch that fails a check is quarantined with the reason, counted, and
+terminated (``term``) so JetStream does not redeliver it; it never stops the loop. A crash
+between commit and ack makes JetStream redeliver, and the store's (tenant, edge, seq) key turns
+that redelivery into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from contract.backoff import Backoff
+from contract.codec import CODEC_VERSION, decode_batch
+from contract.errors import CodecError
+from contract.names import (
+    CONSUMER_NAME,
+    HDR_CODEC,
+    HDR_EDGE,
+    HDR_SEQ,
+    STREAM_NAME,
+    STREAM_SUBJECTS,
+    parse_telemetry_subject,
+)
+from hub.config import NatsSettings
+from hub.store import IngestResult, Store
+
+__all__ = ["IngestStats", "Ingestor"]
+
+_log = logging.getLogger(__name__)
+
+_KNOWN_CODECS: Final = frozenset({CODEC_VERSION})
+_FETCH_TIMEOUT_S: Final = 1.0
+
+
+@dataclass
+class IngestStats:
+    """What the ingest loop has done since start (the store keeps the durable totals)."""
+
+    connected: bool = False
+    batches_stored: int = 0
+    readings_stored: int = 0
+    duplicates: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "batches_stored": self.batches_stored,
+            "readings_stored": self.readings_stored,
+            "duplicates": self.duplicates,
+            "quarantined": dict(self.quarantined),
+            "last_error": self.last_error,
+        }
+
+
+class _Rejected(Exception):  # noqa: N818 - a control-flow signal, not an error of the API
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class Ingestor:
+    """Pulls batches from the telemetry stream into the store."""
+
+    def __init__(
+        self, settings: NatsSettings, store: Store, stats: IngestStats | None = None
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self.stats = stats or IngestStats()
+        # All store writes happen in this one thread: SQLite has one writer anyway, and the
+        # event loop keeps serving the API meanwhile.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-store-writer")
+
+    async def run(self) -> None:
+        """Connect, make sure stream and consumer exist, then ingest until cancelled."""
+        nc = await self._connect()
+        try:
+            js = nc.jetstream(timeout=10)
+            backoff = Backoff(0.1, 5.0)
+            while True:
+                try:
+                    await self._ensure_stream(js)
+                    psub = await js.pull_subscribe(
+                        STREAM_SUBJECTS,
+                        durable=CONSUMER_NAME,
+                        stream=STREAM_NAME,
+                        config=ConsumerConfig(
+                            ack_policy=AckPolicy.EXPLICIT,
+                            deliver_policy=DeliverPolicy.ALL,
+                            ack_wait=self._settings.ack_wait_s,
+                            max_ack_pending=self._settings.max_ack_pending,
+                        ),
+                    )
+                    backoff.reset()
+                    await self._pull_loop(psub)
+                except (nats.errors.Error, OSError, TimeoutError, sqlite3.Error) as exc:
+                    # sqlite3.Error: the batches of this pull stay unacknowledged and come again.
+                    delay = backoff.next()
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                    _log.warning("ingest: %s; retrying in %.2f s", self.stats.last_error, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            self.stats.connected = False
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 5)
+            self._writer.shutdown(wait=True)
+
+    async def _connect(self) -> NatsClient:
+        backoff = Backoff(0.1, 5.0)
+        url = self._settings.url
+        while True:
+            try:
+                nc = await nats.connect(
+                    url,
+                    name="cairn-hub-ingest",
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+            except Exception as exc:
+                delay = backoff.next()
+                self.stats.last_error = f"connect {url}: {exc or type(exc).__name__}"
+                _log.warning(
+                    "cannot connect to NATS at %s (%s); retrying in %.2f s", url, exc, delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            # A first connect fails fast (above) so our own backoff paces it; once connected,
+            # reconnect for ever.
+            nc.options["max_reconnect_attempts"] = -1
+            self.stats.connected = True
+            _log.info("connected to NATS at %s", url)
+            return nc
+
+    async def _on_error(self, exc: Exception) -> None:
+        self.stats.last_error = f"nats: {exc or type(exc).__name__}"
+
+    async def _on_disconnected(self) -> None:
+        if self.stats.connected:
+            _log.warning("disconnected from NATS; reconnecting")
+        self.stats.connected = False
+
+    async def _on_reconnected(self) -> None:
+        self.stats.connected = True
+        _log.info("reconnected to NATS")
+
+    async def _ensure_stream(self, js: Any) -> None:
+        config = StreamConfig(
+            name=STREAM_NAME,
+            subjects=[STREAM_SUBJECTS],
+            storage=StorageType.FILE,
+            duplicate_window=self._settings.duplicate_window_s,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            # It exists with another configuration: bring what we own up to date.
+            await js.update_stream(config)
+
+    async def _pull_loop(self, psub: Any) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                msgs = await psub.fetch(self._settings.fetch_batch, timeout=_FETCH_TIMEOUT_S)
+            except nats.errors.TimeoutError:
+                continue
+            # Decode and store in the writer thread, then ack each batch after its commit.
+            outcomes = await loop.run_in_executor(self._writer, self._store_all, msgs)
+            for msg, ok in zip(msgs, outcomes, strict=True):
+                if ok:
+                    await msg.ack()
+                else:
+                    await msg.term()
+
+    def _store_all(self, msgs: list[Msg]) -> list[bool]:
+        """Store each message (one transaction each); ``False`` means quarantined."""
+        return [self._store_one(m) for m in msgs]
+
+    def _store_one(self, msg: Msg) -> bool:
+        headers = dict(msg.headers or {})
+        try:
+            tenant, edge, seq, codec = self._check(msg.subject, headers)
+            try:
+                batch = decode_batch(msg.data)
+            except CodecError as exc:
+                raise _Rejected("bad-body", str(exc)) from exc
+            # Signature verification against the enrolled edge key goes here (enrollment
+            # issue); until then batches are authenticated by NATS subject permissions only.
+        except _Rejected as rej:
+            self._quarantine(msg, headers, rej)
+            return False
+        result = self._store.ingest(tenant, edge, seq, codec, msg.data, batch)
+        if result is IngestResult.DUPLICATE:
+            self.stats.duplicates += 1
+        else:
+            self.stats.batches_stored += 1
+            self.stats.readings_stored += batch.count
+        return True
+
+    @staticmethod
+    def _check(subject: str, headers: dict[str, str]) -> tuple[str, str, int, int]:
+        parsed = parse_telemetry_subject(subject)
+        if parsed is None:
+            raise _Rejected("bad-subject", f"not a telemetry subject: {subject!r}")
+        tenant, edge = parsed
+        if headers.get(HDR_EDGE) != edge:
+            raise _Rejected(
+                "edge-mismatch", f"{HDR_EDGE} {headers.get(HDR_EDGE)!r} on subject of {edge!r}"
+            )
+        try:
+            seq = int(headers.get(HDR_SEQ, ""))
+            codec = int(headers.get(HDR_CODEC, ""))
+        except ValueError as exc:
+            raise _Rejected("bad-header", f"{HDR_SEQ}/{HDR_CODEC} must be integers") from exc
+        if seq < 0:
+            raise _Rejected("bad-header", f"{HDR_SEQ} must not be negative")
+        if codec not in _KNOWN_CODECS:
+            raise _Rejected("unknown-codec", f"codec version {codec} is not one this hub reads")
+        return tenant, edge, seq, codec
+
+    def _quarantine(self, msg: Msg, headers: dict[str, str], rej: _Rejected) -> None:
+        n = self.stats.quarantined.get(rej.reason, 0)
+        self.stats.quarantined[rej.reason] = n + 1
+        if n == 0 or time.monotonic() % 60 < 1:
+            _log.warning("quarantined a batch on %s: %s", msg.subject, rej)
+        self._store.quarantine(msg.subject, rej.reason, rej.detail, headers, msg.data)
