@@ -36,6 +36,7 @@ from simulator.send import MODES, Ledger, send_fleet
 __all__ = ["build_parser", "main"]
 
 _PROG: Final = "cairn-sim"
+_LOG_EVERY_S: Final = 10.0
 _PLUGINS: Final = {
     "demo": "run a whole Cairn here: NATS, Mosquitto, hub, edge and a live fleet",
     "bench": "benchmark the whole path on this machine",
@@ -236,16 +237,21 @@ async def _run(args: argparse.Namespace) -> int:
         flush=True,
     )
     interrupted = False
+    lines = 0
     try:
         while not sender.done():
             await asyncio.wait({sender}, timeout=1.0)
-            if live:
-                elapsed = time.monotonic() - started
-                sys.stdout.write(
-                    f"\r{elapsed:7.1f}s  acked {ledger.messages:>11,} messages "
-                    f"{ledger.count:>12,} readings ({_rate(ledger.count, elapsed)})   "
-                )
+            elapsed = time.monotonic() - started
+            status = (
+                f"{elapsed:7.1f}s  acked {ledger.messages:>11,} messages "
+                f"{ledger.count:>12,} readings ({_rate(ledger.count, elapsed)})"
+            )
+            if live:  # one line, rewritten every second
+                sys.stdout.write(f"\r{status}   ")
                 sys.stdout.flush()
+            elif elapsed >= _LOG_EVERY_S * (lines + 1) and not sender.done():
+                lines += 1  # a log, not a terminal: a line every 10 s
+                print(status, flush=True)
         await sender
     except asyncio.CancelledError:
         interrupted = True

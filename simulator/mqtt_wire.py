@@ -167,8 +167,8 @@ class MqttPublisher:
 
     async def connect(self) -> None:
         """Open the connection and wait for the broker's CONNACK (``MqttError`` if refused)."""
-        if self._transport is not None:
-            raise MqttError("already connected")
+        if self._transport is not None or self._error is not None:
+            raise MqttError("a publisher connects once; make a new one to connect again")
         packet = self._connect_packet()
         loop = asyncio.get_running_loop()
         self._connack = loop.create_future()
@@ -277,6 +277,8 @@ class MqttPublisher:
                         await lost
                 except TimeoutError:
                     transport.abort()
+        else:
+            transport.abort()
         if self._error is None:
             self._error = MqttError("publisher is closed")
         logger.debug(

@@ -10,7 +10,7 @@ Two payload layouts, the two the edge's MQTT source reads:
 
 ``ts`` is an integer count of microseconds since the epoch; values are JSON scalars. Readings
 enter the ``Ledger`` when the PUBACK of their message arrives (QoS 1); at QoS 0, when the
-message is handed to the socket (no promise of delivery). The ledger stores only which messages
+message is handed to the connection (no promise of delivery). The ledger stores only which messages
 were acknowledged, as ranges, and regenerates the readings from the fleet's seed when asked:
 an endless run keeps a ledger of constant size.
 """
@@ -286,7 +286,8 @@ def _messages(fleet: Fleet, part: _Part) -> Iterator[tuple[int, str, bytes, int 
                     due = None
                     msg += 1
         return
-    template = '{"ts":%d,' + ",".join(f"{json.dumps(k)}:%s" for k in fleet.sensor_keys) + "}"
+    keys = [json.dumps(k).replace("%", "%%") for k in fleet.sensor_keys]
+    template = '{"ts":%d,' + ",".join(f"{k}:%s" for k in keys) + "}"
     topics1 = [f"devices/{d}" for d in devices]
     rows = [list(zip(stamps, *row, strict=True)) for row in cols]
     per = part.per_message

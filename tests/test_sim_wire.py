@@ -237,3 +237,19 @@ def test_parse_mqtt_url() -> None:
     for bad in ("http://x:1", "mqtt://:1883", "mqtt://h:port", "mqtt://h:0"):
         with pytest.raises(MqttError):
             parse_mqtt_url(bad)
+
+
+async def test_a_closed_publisher_refuses_to_publish_or_reconnect(
+    mosquitto: Mosquitto, unique_name: str
+) -> None:
+    pub = _publisher(mosquitto)
+    await pub.connect()
+    await pub.publish(unique_name, b"x", 1, 0)
+    await pub.drain(timeout=10)
+    await pub.close()
+    assert not pub.connected
+    with pytest.raises(MqttError, match="publisher is closed"):
+        await pub.publish(unique_name, b"y")
+    with pytest.raises(MqttError, match="connects once"):
+        await pub.connect()
+    await pub.close()  # closing twice is fine
