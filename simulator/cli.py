@@ -116,8 +116,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     run.add_argument(
         "--start",
         type=_start_us,
-        default="now",
-        help="timestamp of instant 0: 'now' (default), ISO 8601 (UTC) or microseconds",
+        default=None,
+        help="timestamp of instant 0: 'now', ISO 8601 (UTC) or microseconds (default: now, "
+        "or for --fast with a length, so that the last instant is now: an edge flags "
+        "timestamps more than an hour ahead of its clock)",
     )
 
     preview = sub.add_parser("preview", help="print a fleet's first readings")
@@ -137,13 +139,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
-def _spec(args: argparse.Namespace) -> FleetSpec:
+def _spec(args: argparse.Namespace, start_us: int | None = None) -> FleetSpec:
     return FleetSpec(
         seed=args.seed,
         devices=args.devices,
         sensors=args.sensors,
         rate_hz=args.rate,
-        start_us=args.start,
+        start_us=args.start if start_us is None else start_us,
         device_prefix=args.prefix,
     )
 
@@ -197,18 +199,30 @@ def _rate(n: float, seconds: float) -> str:
     return f"{n / seconds:,.0f}/s" if seconds > 0 else "-"
 
 
-async def _run(args: argparse.Namespace) -> int:
-    fleet = Fleet(_spec(args))
-    if args.count is not None and args.count < 0:
-        raise ConfigError("count", "must not be negative")
-    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
-        raise ConfigError("duration", "must be a positive number of seconds")
+def _instants(args: argparse.Namespace) -> range | None:
+    """The instants ``run`` sends: ``--count``, ``--duration`` x ``--rate``, or endless."""
     if args.count is not None:
-        instants: range | None = range(args.count)
-    elif args.duration is not None:
-        instants = range(fleet.instants_in(args.duration))
-    else:
-        instants = None
+        if args.count < 0:
+            raise ConfigError("count", "must not be negative")
+        return range(args.count)
+    if args.duration is None:
+        return None
+    if not (math.isfinite(args.duration) and args.duration > 0):
+        raise ConfigError("duration", "must be a positive number of seconds")
+    if not (math.isfinite(args.rate) and args.rate > 0):
+        raise ConfigError("rate_hz", f"must be a positive number, not {args.rate}")
+    return range(max(1, math.ceil(args.duration * args.rate)))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    instants = _instants(args)
+    if args.start is None:
+        start = time.time_ns() // 1000
+        spec = _spec(args, start)  # validates the rate before it is used here
+        if args.fast and instants is not None:
+            start -= round(max(0, len(instants) - 1) * 1e6 / spec.rate_hz)
+        args.start = max(0, start)
+    fleet = Fleet(_spec(args))
     ledger = Ledger()
     started = time.monotonic()
     sender = asyncio.create_task(

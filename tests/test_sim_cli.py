@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from contract.model import now_us
 from simulator.cli import main
 from simulator.fleet import Fleet, FleetSpec
 from simulator.servers import Mosquitto, free_port
@@ -145,3 +146,24 @@ def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     for command in ("run", "preview", "demo", "bench"):
         assert command in out
+
+
+async def test_a_fast_run_ends_at_the_current_time(mosquitto: Mosquitto) -> None:
+    async with Subscriber(mosquitto.port) as sub:
+        before = now_us()
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "simulator", "run", "--mqtt", mosquitto.url, "--devices"],
+            *["1", "--sensors", "1", "--count", "5", "--rate", "0.5", "--fast"],
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        after = now_us()
+        await sub.wait_for(5)
+    stamps = sorted(json.loads(p)["ts"] for _, p in sub.messages)
+    assert [t - stamps[0] for t in stamps] == [0, 2_000_000, 4_000_000, 6_000_000, 8_000_000]
+    assert before <= stamps[-1] <= after  # the last instant is "now", none in the future
+
+
+def test_bad_rate_with_a_duration_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--duration", "5", "--rate", "nan"]) == 2
+    assert capsys.readouterr().err.startswith("cairn-sim: config key 'rate_hz': ")
