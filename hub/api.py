@@ -25,7 +25,7 @@ __all__ = ["ROUTES", "make_app"]
 _STORE: Final = web.AppKey("store", Store)
 _AUTH: Final = web.AppKey("auth", TokenAuthority)
 _INGEST: Final = web.AppKey("ingest", IngestStats)
-_CLAIMS: Final = "cairn.claims"
+_CLAIMS: Final = web.RequestKey("claims", Claims)
 
 DEFAULT_LIMIT: Final = 1000
 MAX_LIMIT: Final = 10_000

@@ -1,0 +1,190 @@
+"""Hub ingest against a real nats-server: exactly once, through restarts, bad batches quarantined."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import nats
+import pytest
+
+from contract.codec import encode_batch
+from contract.model import Reading
+from contract.names import (
+    HDR_CODEC,
+    HDR_EDGE,
+    HDR_MSG_ID,
+    HDR_SEQ,
+    msg_id,
+    telemetry_subject,
+)
+from hub.config import NatsSettings
+from hub.ingest import Ingestor
+from hub.store import SqliteStore
+from simulator.servers import NatsServer
+
+
+async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _readings(edge: str, seq: int, n: int = 50) -> list[Reading]:
+    return [
+        Reading(f"{edge}-d{i % 5}", "temp", seq * 1000 + i, round(20 + i * 0.1, 1))
+        for i in range(n)
+    ]
+
+
+def _headers(edge: str, seq: int, *, msg: str | None = None, codec: int = 1) -> dict[str, str]:
+    return {
+        HDR_MSG_ID: msg or msg_id(edge, seq),
+        HDR_EDGE: edge,
+        HDR_SEQ: str(seq),
+        HDR_CODEC: str(codec),
+    }
+
+
+class _Hub:
+    def __init__(self, url: str, path: Path) -> None:
+        self.settings = NatsSettings(url=url, fetch_batch=16)
+        self.path = path
+        self.store = SqliteStore(path)
+        self.task: asyncio.Task[None] | None = None
+        self.ingestor: Ingestor | None = None
+
+    def start(self) -> None:
+        self.ingestor = Ingestor(self.settings, self.store)
+        self.task = asyncio.create_task(self.ingestor.run())
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    def count(self) -> int:
+        return self.store.stats()["readings"]
+
+
+@pytest.fixture
+async def hub(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[_Hub]:
+    h = _Hub(nats_server.url, tmp_path / "store.sqlite3")
+    h.start()
+    yield h
+    await h.stop()
+    h.store.close()
+
+
+async def _publisher(url: str):
+    nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    return nc, nc.jetstream(timeout=5)
+
+
+async def _publish(js, tenant: str, edge: str, seq: int, **kw) -> None:
+    body = encode_batch(_readings(edge, seq))
+    await js.publish(telemetry_subject(tenant, edge), body, headers=_headers(edge, seq, **kw))
+
+
+async def _wait_stream(hub: _Hub) -> None:
+    await _until(
+        lambda: hub.ingestor is not None and hub.ingestor.stats.connected, 20, "hub connected"
+    )
+    nc, js = await _publisher(hub.settings.url)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                await js.stream_info("CAIRN_TELEMETRY")
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+
+
+async def test_each_batch_stored_once_even_when_published_twice(hub: _Hub) -> None:
+    await _wait_stream(hub)
+    nc, js = await _publisher(hub.settings.url)
+    expected: list[Reading] = []
+    for seq in range(1, 21):
+        await _publish(js, "t", "e1", seq)
+        expected += _readings("e1", seq)
+    for seq in (3, 7, 11):
+        await _publish(js, "t", "e1", seq)  # same Msg-Id: JetStream drops it
+        await _publish(js, "t", "e1", seq, msg=f"late-{seq}")  # beyond JetStream's dedupe
+    await nc.close()
+    await _until(lambda: hub.count() == len(expected), 30, "all batches stored")
+    await _until(lambda: hub.ingestor.stats.duplicates == 3, 30, "duplicates seen")  # type: ignore[union-attr]
+    stored = Counter((r.device, r.ts, r.value) for r in hub.store.export("t"))
+    assert stored == Counter((r.device, r.ts, r.value) for r in expected)
+    assert hub.store.stats()["duplicates_skipped"] == 3
+
+
+async def test_nats_killed_mid_stream_loses_nothing(hub: _Hub, nats_server: NatsServer) -> None:
+    await _wait_stream(hub)
+    nc, js = await _publisher(hub.settings.url)
+    for seq in range(1, 11):
+        await _publish(js, "t", "e1", seq)
+    nats_server.kill()
+    nats_server.start()
+    for seq in range(11, 21):
+        for _attempt in range(50):
+            try:
+                await _publish(js, "t", "e1", seq)
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("could not publish after the NATS restart")
+    await nc.close()
+    await _until(lambda: hub.count() == 20 * 50, 60, "every batch stored after the restart")
+    assert len({(r.device, r.ts) for r in hub.store.export("t")}) == 20 * 50
+
+
+async def test_hub_restart_resumes_from_the_durable_consumer(hub: _Hub) -> None:
+    await _wait_stream(hub)
+    nc, js = await _publisher(hub.settings.url)
+    for seq in range(1, 6):
+        await _publish(js, "t", "e1", seq)
+    await _until(lambda: hub.count() == 5 * 50, 30, "first batches")
+    await hub.stop()
+    for seq in range(6, 11):
+        await _publish(js, "t", "e1", seq)
+    await nc.close()
+    hub.start()
+    await _until(lambda: hub.count() == 10 * 50, 30, "batches published while the hub was down")
+    assert hub.store.stats()["batches"] == 10
+
+
+async def test_bad_batches_are_quarantined_and_neighbours_kept(hub: _Hub) -> None:
+    await _wait_stream(hub)
+    nc, js = await _publisher(hub.settings.url)
+    await _publish(js, "t", "e1", 1)
+    await js.publish(telemetry_subject("t", "e1"), b"garbage", headers=_headers("e1", 2))
+    body = encode_batch(_readings("e1", 3))
+    await js.publish(telemetry_subject("t", "e1"), body, headers=_headers("e2", 3))  # edge mismatch
+    await js.publish(telemetry_subject("t", "e1"), body, headers=_headers("e1", 4, codec=99))
+    await js.publish(telemetry_subject("t", "e1"), body, headers={HDR_EDGE: "e1", HDR_SEQ: "x"})
+    await _publish(js, "t", "e1", 6)
+    await nc.close()
+    await _until(lambda: hub.store.stats()["quarantined"] == 4, 30, "four quarantined")
+    await _until(lambda: hub.count() == 2 * 50, 30, "the good neighbours")
+    assert hub.ingestor is not None
+    assert hub.ingestor.stats.quarantined == {
+        "bad-body": 1,
+        "edge-mismatch": 1,
+        "unknown-codec": 1,
+        "bad-header": 1,
+    }
+    con = hub.store._reader()
+    reasons = sorted(r[0] for r in con.execute("SELECT reason FROM quarantine"))
+    assert reasons == ["bad-body", "bad-header", "edge-mismatch", "unknown-codec"]
