@@ -1,0 +1,289 @@
+"""A whole Cairn on one machine, as real processes: Mosquitto, nats-server, hub, edge.
+
+The demo, the end-to-end and crash tests and the benchmark all build on this. Every process
+gets its own folder under ``root`` (config, log, state); ports are free loopback ports chosen
+once, so a process killed and started again comes back on the same address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+from simulator.servers import Mosquitto, NatsServer, free_port, wait_for_port
+
+__all__ = ["Lab", "LabSettings", "ManagedProcess"]
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    """What differs between a demo, a test and a benchmark."""
+
+    tenant: str = "demo"
+    edge_id: str = "edge-1"
+    flush_interval_ms: int = 200
+    max_batch_readings: int = 10000
+    max_in_flight: int = 16
+    receive_maximum: int = 20000
+    edge_log_level: str = "INFO"
+    hub_log_level: str = "INFO"
+    extra_edge_toml: str = ""
+    topics: tuple[tuple[str, str], ...] = (
+        ("sensors/{device}/{sensor}", "value"),
+        ("devices/{device}", "json"),
+    )
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class ManagedProcess:
+    """A Cairn service run as ``python -m <module> run --config FILE``, log to a file."""
+
+    def __init__(self, name: str, module: str, config: Path, log: Path, log_level: str) -> None:
+        self.name = name
+        self.module = module
+        self.config = config
+        self.log = log
+        self.log_level = log_level
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
+
+    def start(self) -> Self:
+        if self.running:
+            raise RuntimeError(f"{self.name} already running")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    self.module,
+                    "--log-level",
+                    self.log_level,
+                    "run",
+                    "--config",
+                    str(self.config),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} not started")
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to flush or say goodbye."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, wait for an orderly exit; returns the exit code (None if never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def tail(self, lines: int = 40) -> str:
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _get_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
+    req = urllib.request.Request(url)  # noqa: S310 - loopback URLs built here
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
+class Lab:
+    """Mosquitto + NATS + hub + edge, each a real process, under one folder."""
+
+    def __init__(self, root: Path, settings: LabSettings | None = None) -> None:
+        self.root = root
+        self.settings = settings or LabSettings()
+        root.mkdir(parents=True, exist_ok=True)
+        self.mosquitto = Mosquitto(root / "mosquitto")
+        self.nats = NatsServer(root / "nats")
+        self.api_port = free_port()
+        self.admin_port = free_port()
+        (root / "hub").mkdir(exist_ok=True)
+        (root / "edge").mkdir(exist_ok=True)
+        self.hub = ManagedProcess(
+            "hub",
+            "hub",
+            root / "hub" / "hub.toml",
+            root / "hub" / "hub.log",
+            self.settings.hub_log_level,
+        )
+        self.edge = ManagedProcess(
+            "edge",
+            "edge",
+            root / "edge" / "edge.toml",
+            root / "edge" / "edge.log",
+            self.settings.edge_log_level,
+        )
+        self.hub.env = dict(self.settings.env)
+        self.edge.env = dict(self.settings.env)
+        self._token: str | None = None
+
+    # ----------------------------------------------------------------- configs
+    def _write_configs(self) -> None:
+        s = self.settings
+        self.hub.config.write_text(
+            "[hub]\n"
+            'state_dir = "state"\n'
+            "[nats]\n"
+            f'url = "{self.nats.url}"\n'
+            "[api]\n"
+            f'listen = "127.0.0.1:{self.api_port}"\n'
+        )
+        topics = ",\n  ".join(f'{{ pattern = "{p}", format = "{f}" }}' for p, f in s.topics)
+        self.edge.config.write_text(
+            "[edge]\n"
+            f'id = "{s.edge_id}"\n'
+            f'tenant = "{s.tenant}"\n'
+            'data_dir = "state"\n'
+            "[buffer]\n"
+            f"flush_interval_ms = {s.flush_interval_ms}\n"
+            f"max_batch_readings = {s.max_batch_readings}\n"
+            "[forwarder]\n"
+            f'nats_url = "{self.nats.url}"\n'
+            f"max_in_flight = {s.max_in_flight}\n"
+            "[admin]\n"
+            f'listen = "127.0.0.1:{self.admin_port}"\n'
+            "[[mqtt]]\n"
+            'name = "mqtt"\n'
+            f'url = "{self.mosquitto.url}"\n'
+            f"receive_maximum = {s.receive_maximum}\n"
+            f"topics = [\n  {topics},\n]\n" + s.extra_edge_toml
+        )
+
+    # --------------------------------------------------------------- lifecycle
+    def start(self, *, edge: bool = True, hub: bool = True) -> Self:
+        self.mosquitto.start()
+        self.nats.start()
+        self._write_configs()
+        if hub:
+            self.start_hub()
+        if edge:
+            self.start_edge()
+        return self
+
+    def start_hub(self, timeout: float = 30.0) -> None:
+        self.hub.start()
+        self._wait_listening(self.hub, self.api_port, timeout)
+
+    def start_edge(self, timeout: float = 30.0) -> None:
+        self.edge.start()
+        self._wait_listening(self.edge, self.admin_port, timeout)
+        # Listening on the admin port comes after the buffer is open; wait for MQTT too,
+        # so that a test publishing right away reaches a subscribed session.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.edge_status()
+            if all(src.get("connected") for src in st.get("sources", {}).values()):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"edge MQTT source not connected after {timeout}s:\n{self.edge.tail()}")
+
+    def _wait_listening(self, proc: ManagedProcess, port: int, timeout: float) -> None:
+        try:
+            wait_for_port(port, timeout, proc.proc)
+        except (TimeoutError, RuntimeError) as exc:
+            raise RuntimeError(f"{proc.name} did not come up: {exc}\n{proc.tail()}") from exc
+
+    def stop(self) -> None:
+        self.edge.stop()
+        self.hub.stop()
+        self.nats.stop()
+        self.mosquitto.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}/api/v1"
+
+    def token(self, role: str = "operator") -> str:
+        """A hub API token for the lab's tenant, minted with ``cairn-hub token create``."""
+        if self._token is None or role != "operator":
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "hub",
+                    "token",
+                    "create",
+                    "--config",
+                    str(self.hub.config),
+                    "--tenant",
+                    self.settings.tenant,
+                    "--role",
+                    role,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            if role != "operator":
+                return out
+            self._token = out
+        return self._token
+
+    def api(self, path: str) -> Any:
+        return _get_json(self.api_url + path, self.token())
+
+    def edge_status(self) -> Any:
+        try:
+            return _get_json(f"http://127.0.0.1:{self.admin_port}/api/v1/status")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return {}
+
+    def hub_stats(self) -> Any:
+        try:
+            return self.api("/stats")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return {}
+
+    @property
+    def hub_store_path(self) -> Path:
+        return self.root / "hub" / "state" / "store.sqlite3"
+
+    @property
+    def edge_buffer_path(self) -> Path:
+        return self.root / "edge" / "state" / "buffer.sqlite3"
