@@ -1,0 +1,1 @@
+"""Sources: one module per way readings arrive (``mqtt``), plus the payload parsers."""

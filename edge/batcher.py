@@ -1,0 +1,317 @@
+"""Group commit: readings from every source -> one sealed batch row per flush.
+
+Sources call :meth:`Batcher.submit`, which returns only once the readings are committed in the
+buffer; an MQTT source acknowledges the message after that, so nothing acknowledged is ever
+lost. Many submits wait on one commit: that is the group commit.
+
+Flush rules: pending readings are committed ``flush_interval_ms`` after the oldest of them
+arrived, or at once when ``max_batch_readings`` wait. A flush takes whole submits, oldest first,
+up to ``max_batch_readings`` readings (one submit with more goes alone), encodes them with
+:func:`contract.codec.encode_batch` and inserts one row in one transaction, both in the buffer's
+writer thread, so the event loop keeps receiving meanwhile. One flush runs at a time; new
+readings accumulate during it. ``max_pending_readings`` bounds what waits or is being
+committed: :meth:`~Batcher.submit` waits while that many are queued (backpressure).
+
+A failed commit (disk full, I/O error) is logged, counted and retried with backoff; its
+submitters keep waiting (nothing is acknowledged that is not committed, nothing is dropped).
+The one exception is a submit the codec cannot carry: it fails with ``PayloadError('bad-value')``
+alone, its neighbours are committed.
+
+Redelivery dedupe: a submit may carry the 8-byte digest of its MQTT message. Digests are stored
+with their batch row; the digests of the latest ``digest_window`` committed messages are kept in
+memory (reloaded from the newest rows at start) and :meth:`~Batcher.redelivered` tells whether a
+message redelivered by the broker was already committed (or is being committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from contract.codec import CODEC_VERSION, encode_batch
+from contract.errors import CairnError, CodecError, PayloadError
+from contract.model import Reading
+from edge._backoff import Backoff
+from edge.buffer import DIGEST_SIZE, Buffer
+from edge.config import BufferSettings
+from edge.stats import EdgeStats
+
+__all__ = ["Batcher", "BatcherClosedError", "Sink"]
+
+_log = logging.getLogger(__name__)
+
+_RETRY_INITIAL_S: Final = 0.1
+_RETRY_MAX_S: Final = 10.0
+
+
+class BatcherClosedError(CairnError):
+    """The edge is shutting down: these readings were not committed (and must not be acked)."""
+
+    def __init__(self) -> None:
+        super().__init__("the batcher is closed; readings not committed")
+
+
+class Sink(Protocol):
+    """What a source hands its readings to (implemented by :class:`Batcher`)."""
+
+    async def submit(
+        self, readings: Sequence[Reading], source: str, digest: bytes | None = None
+    ) -> None: ...
+
+    async def redelivered(self, digest: bytes) -> bool: ...
+
+    async def drain(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Entry:
+    readings: Sequence[Reading]
+    source: str
+    digest: bytes | None
+    future: asyncio.Future[None]
+    arrived: float
+
+
+class Batcher:
+    """The group-commit sink between the sources and the buffer (see the module docstring)."""
+
+    def __init__(
+        self,
+        buffer: Buffer,
+        settings: BufferSettings,
+        stats: EdgeStats,
+        *,
+        on_commit: Callable[[int], None] | None = None,
+        digest_window: int = 40_000,
+    ) -> None:
+        self._buffer = buffer
+        self._interval = settings.flush_interval_ms / 1000
+        self._max_batch = settings.max_batch_readings
+        self._max_pending = settings.max_pending_readings
+        self._stats = stats
+        self._on_commit = on_commit
+        self._window = max(digest_window, 0)
+        self._pending: deque[_Entry] = deque()
+        self._pending_n = 0
+        self._queued = 0
+        """Readings pending or being committed (what ``max_pending_readings`` bounds)."""
+        self._nonempty = asyncio.Event()
+        self._full = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._urgent = 0
+        self._closed = False
+        self._last: asyncio.Future[None] | None = None
+        self._committing: dict[bytes, asyncio.Future[None]] = {}
+        self._recent: deque[bytes] = deque()
+        self._recent_set: set[bytes] = set()
+
+    # ---------------------------------------------------------------- sources
+
+    @property
+    def queued_readings(self) -> int:
+        """Readings submitted and not yet committed."""
+        return self._queued
+
+    async def submit(
+        self, readings: Sequence[Reading], source: str, digest: bytes | None = None
+    ) -> None:
+        """Return once ``readings`` are committed in the buffer.
+
+        Waits first while ``max_pending_readings`` are queued. Raises
+        :class:`BatcherClosedError` on shutdown and ``PayloadError('bad-value')`` if the codec
+        cannot carry these readings; nothing else.
+        """
+        if digest is not None and len(digest) != DIGEST_SIZE:
+            raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
+        if not readings:
+            return
+        while self._queued >= self._max_pending and not self._closed:
+            self._space.clear()
+            await self._space.wait()
+        if self._closed:
+            raise BatcherClosedError
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending.append(_Entry(readings, source, digest, future, loop.time()))
+        self._pending_n += len(readings)
+        self._queued += len(readings)
+        self._last = future
+        if digest is not None:
+            self._committing[digest] = future
+        if self._pending_n >= self._max_batch:
+            self._full.set()
+        self._nonempty.set()
+        await asyncio.shield(future)
+
+    async def redelivered(self, digest: bytes) -> bool:
+        """Whether the message with ``digest`` was committed already (waits if it is being)."""
+        if digest in self._recent_set:
+            return True
+        future = self._committing.get(digest)
+        if future is None:
+            return False
+        try:
+            await asyncio.shield(future)
+        except PayloadError:
+            return False
+        return True
+
+    # ----------------------------------------------------------------- control
+
+    def load_digests(self) -> int:
+        """Fill the dedupe window from the newest buffer rows; returns how many were loaded."""
+        digests = self._buffer.recent_digests(self._window)
+        for d in reversed(digests):  # oldest first, so the newest leave the window last
+            self._remember(d)
+        return len(digests)
+
+    async def drain(self) -> None:
+        """Commit everything submitted so far without waiting for the flush interval."""
+        target = self._last
+        if target is None or target.done():
+            return
+        self._urgent += 1
+        self._full.set()
+        try:
+            await asyncio.wait([target])
+        finally:
+            self._urgent -= 1
+            if not self._urgent and self._pending_n < self._max_batch:
+                self._full.clear()
+
+    async def close(self) -> None:
+        """Refuse new submits, then commit everything already submitted."""
+        self._closed = True
+        self._urgent += 1
+        self._full.set()
+        self._space.set()  # submitters waiting for room now raise BatcherClosedError
+        await self.drain()
+
+    async def run(self) -> None:
+        """The flush loop; runs until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._nonempty.wait()
+            if not self._urgent and self._pending_n < self._max_batch:
+                delay = self._pending[0].arrived + self._interval - loop.time()
+                if delay > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._full.wait()
+            await self._flush_once()
+
+    # ---------------------------------------------------------------- flushing
+
+    def _take(self) -> list[_Entry]:
+        take: list[_Entry] = []
+        n = 0
+        while self._pending and (not take or n + len(self._pending[0].readings) <= self._max_batch):
+            entry = self._pending.popleft()
+            take.append(entry)
+            n += len(entry.readings)
+        self._pending_n -= n
+        if self._pending_n < self._max_batch and not self._urgent:
+            self._full.clear()
+        if not self._pending:
+            self._nonempty.clear()
+        return take
+
+    async def _flush_once(self) -> None:
+        take = self._take()
+        if not take:
+            return
+        backoff = Backoff(_RETRY_INITIAL_S, _RETRY_MAX_S)
+        while take:
+            try:
+                seq = await self._buffer.run_in_writer(_seal, self._buffer, take)
+            except CodecError:
+                take = await self._drop_unencodable(take)
+                continue
+            except Exception as exc:
+                self._stats.count("commit-errors")
+                delay = backoff.next()
+                _log.exception(
+                    "commit of %d readings failed (%s); retrying in %.2f s; their messages stay"
+                    " unacknowledged meanwhile",
+                    sum(len(e.readings) for e in take),
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            self._committed(seq, take)
+            return
+
+    def _committed(self, seq: int, take: list[_Entry]) -> None:
+        n = 0
+        for entry in take:
+            n += len(entry.readings)
+            self._stats.accepted(entry.source, len(entry.readings))
+            if entry.digest is not None:
+                self._committing.pop(entry.digest, None)
+                self._remember(entry.digest)
+            if not entry.future.done():
+                entry.future.set_result(None)
+        self._release(n)
+        self._stats.count("batches-committed")
+        self._stats.count("readings-committed", n)
+        _log.debug("committed batch %d: %d readings from %d submits", seq, n, len(take))
+        if self._on_commit is not None:
+            self._on_commit(seq)
+
+    def _release(self, n: int) -> None:
+        self._queued -= n
+        if self._queued < self._max_pending:
+            self._space.set()
+
+    async def _drop_unencodable(self, take: list[_Entry]) -> list[_Entry]:
+        """Fail the submits the codec refuses; return the others."""
+        problems = await asyncio.to_thread(_codec_problems, take)
+        keep: list[_Entry] = []
+        for entry, problem in zip(take, problems, strict=True):
+            if problem is None:
+                keep.append(entry)
+                continue
+            _log.warning("readings from %s refused by the codec: %s", entry.source, problem)
+            if entry.digest is not None:
+                self._committing.pop(entry.digest, None)
+            self._release(len(entry.readings))
+            if not entry.future.done():
+                entry.future.set_exception(PayloadError("bad-value", problem))
+                entry.future.exception()  # retrieved: the submitter may be gone
+        return keep
+
+    def _remember(self, digest: bytes) -> None:
+        if not self._window:
+            return
+        if len(self._recent) >= self._window:
+            self._recent_set.discard(self._recent.popleft())
+        self._recent.append(digest)
+        self._recent_set.add(digest)
+
+
+def _seal(buffer: Buffer, take: list[_Entry]) -> int:
+    """Encode and store one batch (runs in the buffer's writer thread)."""
+    readings = [r for entry in take for r in entry.readings]
+    body = encode_batch(readings)
+    digests = b"".join(entry.digest for entry in take if entry.digest is not None)
+    ts = [r.ts for r in readings]
+    return buffer.append(body, len(readings), min(ts), max(ts), CODEC_VERSION, digests)
+
+
+def _codec_problems(take: list[_Entry]) -> list[str | None]:
+    problems: list[str | None] = []
+    for entry in take:
+        try:
+            encode_batch(entry.readings)
+        except CodecError as exc:
+            problems.append(str(exc))
+        else:
+            problems.append(None)
+    return problems

@@ -1,0 +1,410 @@
+"""The edge's configuration: one TOML file, one frozen dataclass per section.
+
+Every field is documented where it is defined and carries its bounds in its ``metadata``; the
+loader checks types, bounds and unknown keys generically, so a bad file fails at start with a
+:class:`~contract.errors.ConfigError` that names the key (``buffer.flush_interval_ms``,
+``mqtt[0].topics[1].pattern``) instead of running with a silent default. Relative paths are
+resolved against the folder of the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from contract.errors import ConfigError
+from contract.names import TOKEN_RE
+from edge.sources.topics import TopicPattern, filters_overlap
+
+__all__ = [
+    "AdminSettings",
+    "BufferSettings",
+    "EdgeConfig",
+    "EdgeSettings",
+    "ForwarderSettings",
+    "MqttSettings",
+    "PayloadFormat",
+    "Synchronous",
+    "TopicSettings",
+    "load_config",
+]
+
+_U32_MAX: Final = 0xFFFFFFFF
+_T = typing.TypeVar("_T")
+
+
+class PayloadFormat(StrEnum):
+    """How a source reads the payload of a message (see :mod:`edge.sources.payloads`)."""
+
+    VALUE = "value"
+    """The topic names device and sensor; the payload is one value (optionally with ``ts``)."""
+    JSON = "json"
+    """The topic names the device; the payload is an object of sensor keys (or a list of them)."""
+
+
+class Synchronous(StrEnum):
+    """SQLite ``synchronous`` level of buffer commits (the journal is always WAL)."""
+
+    NORMAL = "normal"
+    """A process crash loses no commit; a power loss may roll back the last ones."""
+    FULL = "full"
+    """Commits also survive a power loss, if the disk honours fsync (about 2x slower)."""
+
+
+def _bounded(
+    default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None
+) -> Any:
+    return field(default=default, metadata={"lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    """``[edge]``: who this edge is and where it keeps its state."""
+
+    id: str
+    """The edge id (required): one NATS subject token, ``[A-Za-z0-9_-]{1,64}``."""
+    tenant: str
+    """The tenant the edge belongs to (required), same syntax as ``id``."""
+    data_dir: Path = Path("state")
+    """Folder of ``buffer.sqlite3``, the identity key ``edge.key`` and ``admin.port``
+    (created with mode 0700)."""
+
+    @property
+    def buffer_path(self) -> Path:
+        return self.data_dir / "buffer.sqlite3"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "edge.key"
+
+    @property
+    def admin_port_path(self) -> Path:
+        return self.data_dir / "admin.port"
+
+
+@dataclass(frozen=True, slots=True)
+class BufferSettings:
+    """``[buffer]``: group commit of readings into the SQLite buffer."""
+
+    flush_interval_ms: int = _bounded(200, lo=1, hi=60_000)
+    """Commit waiting readings at least this often (milliseconds), 1..60000."""
+    max_batch_readings: int = _bounded(10_000, lo=1, hi=1_000_000)
+    """Commit at once when this many readings wait; also the most readings of one batch row
+    (a single message with more readings still goes whole), 1..1000000."""
+    max_pending_readings: int = _bounded(100_000, lo=1, hi=10_000_000)
+    """Readings waiting or being committed above which sources wait (backpressure); at least
+    ``max_batch_readings``, at most 10000000."""
+    synchronous: Synchronous = Synchronous.NORMAL
+    """``"normal"`` or ``"full"``: SQLite synchronous level of commits (WAL always)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwarderSettings:
+    """``[forwarder]``: publishing committed batches to NATS JetStream."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server URL (``nats://``, ``tls://``, ``ws://`` or ``wss://``)."""
+    max_in_flight: int = _bounded(16, lo=1, hi=1024)
+    """Batches published and not yet acknowledged by JetStream, 1..1024."""
+    ack_timeout_s: float = _bounded(5.0, lo=0.05, hi=300.0)
+    """Seconds to wait for a JetStream ack before publishing the batch again, 0.05..300."""
+    backoff_initial_s: float = _bounded(0.1, lo=0.001, hi=60.0)
+    """First retry delay after a failure (seconds; doubles, with jitter), 0.001..60."""
+    backoff_max_s: float = _bounded(10.0, lo=0.01, hi=3600.0)
+    """Longest retry delay (seconds), at least ``backoff_initial_s``, at most 3600."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """``[admin]``: the local status API."""
+
+    listen: str = "127.0.0.1:8765"
+    """``host:port`` (``[::1]:port`` for IPv6) of the status API; ``""`` turns it off; port 0
+    picks a free port and writes it to ``<data_dir>/admin.port``."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+    @property
+    def host(self) -> str:
+        return _split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_host_port(self.listen)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSettings:
+    """One entry of ``mqtt.topics``: a topic pattern and the payload format of its messages."""
+
+    pattern: str
+    """Topic pattern with ``{device}`` (required) and ``{sensor}`` (required for ``value``,
+    not allowed for ``json``) placeholders."""
+    format: PayloadFormat
+    """``"value"`` or ``"json"``."""
+
+    @property
+    def topic(self) -> TopicPattern:
+        return TopicPattern.parse(self.pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """``[[mqtt]]``: one MQTT source (a broker connection with its subscriptions)."""
+
+    name: str = "mqtt"
+    """Source name used in counters, logs and the status API (``[A-Za-z0-9_-]{1,64}``)."""
+    url: str = "mqtt://127.0.0.1:1883"
+    """Broker URL, ``mqtt://host[:port]`` (port 1883 by default)."""
+    client_id: str = ""
+    """MQTT client id; the persistent session is keyed by it. Default
+    ``cairn-<edge id>-<name>``."""
+    qos: int = _bounded(1, lo=0, hi=2)
+    """Subscription QoS, 0..2 (0 gives up the ack-after-commit guarantee)."""
+    session_expiry_s: int = _bounded(86_400, lo=0, hi=_U32_MAX)
+    """How long the broker keeps the session (and queues QoS>0 messages) while the edge is
+    away, seconds, 0..4294967295."""
+    receive_maximum: int = _bounded(20_000, lo=1, hi=65_535)
+    """MQTT 5 flow control: unacknowledged messages the broker may send us, 1..65535."""
+    keepalive_s: int = _bounded(30, lo=5, hi=3_600)
+    """MQTT keep-alive interval in seconds, 5..3600."""
+    topics: tuple[TopicSettings, ...] = ()
+    """Topic patterns to subscribe to, at least one; their filters must not overlap."""
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 1883
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    """The whole configuration of one edge."""
+
+    edge: EdgeSettings
+    buffer: BufferSettings = field(default_factory=BufferSettings)
+    forwarder: ForwarderSettings = field(default_factory=ForwarderSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    mqtt: tuple[MqttSettings, ...] = ()
+    path: Path | None = None
+    """The file this configuration was read from (``None`` if built in code)."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: Path | str) -> EdgeConfig:
+    """Read and check the TOML file at ``path``; raises :class:`ConfigError` naming the key."""
+    path = Path(path).absolute()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the config file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), "the config file is not UTF-8") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+    return config_from_dict(raw, base=path.parent, path=path)
+
+
+def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) -> EdgeConfig:
+    """Check an already parsed TOML document; relative paths are resolved against ``base``."""
+    sections = {"edge", "buffer", "forwarder", "admin", "mqtt"}
+    for key in raw:
+        if key not in sections:
+            raise ConfigError(key, f"unknown section (known: {', '.join(sorted(sections))})")
+    if "edge" not in raw:
+        raise ConfigError("edge", "the [edge] section is required (id and tenant)")
+    edge = _section(EdgeSettings, _table(raw, "edge"), "edge", base)
+    for key in ("id", "tenant"):
+        value = getattr(edge, key)
+        if not TOKEN_RE.match(value):
+            raise ConfigError(f"edge.{key}", f"must match {TOKEN_RE.pattern}, got {value!r}")
+    buffer = _section(BufferSettings, _table(raw, "buffer"), "buffer", base)
+    if buffer.max_pending_readings < buffer.max_batch_readings:
+        raise ConfigError(
+            "buffer.max_pending_readings",
+            f"must be at least buffer.max_batch_readings ({buffer.max_batch_readings}), "
+            f"got {buffer.max_pending_readings}",
+        )
+    forwarder = _section(ForwarderSettings, _table(raw, "forwarder"), "forwarder", base)
+    scheme = urlsplit(forwarder.nats_url).scheme
+    if scheme not in {"nats", "tls", "ws", "wss"} or not urlsplit(forwarder.nats_url).hostname:
+        raise ConfigError(
+            "forwarder.nats_url",
+            f"must be a nats:// (or tls://, ws://, wss://) URL, got {forwarder.nats_url!r}",
+        )
+    if forwarder.backoff_max_s < forwarder.backoff_initial_s:
+        raise ConfigError(
+            "forwarder.backoff_max_s",
+            f"must be at least forwarder.backoff_initial_s ({forwarder.backoff_initial_s}), "
+            f"got {forwarder.backoff_max_s}",
+        )
+    admin = _section(AdminSettings, _table(raw, "admin"), "admin", base)
+    if admin.listen:
+        try:
+            _split_host_port(admin.listen)
+        except ValueError as exc:
+            raise ConfigError("admin.listen", str(exc)) from exc
+    mqtt_raw = raw.get("mqtt", [])
+    if not isinstance(mqtt_raw, list):
+        raise ConfigError("mqtt", "must be an array of tables ([[mqtt]])")
+    mqtt = tuple(_mqtt(item, f"mqtt[{i}]", edge.id, base) for i, item in enumerate(mqtt_raw))
+    names = [m.name for m in mqtt]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"mqtt[{i}].name", f"{name!r} is already the name of another source")
+    return EdgeConfig(
+        edge=edge, buffer=buffer, forwarder=forwarder, admin=admin, mqtt=mqtt, path=path
+    )
+
+
+def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(key, "must be a table")
+    return value
+
+
+def _mqtt(raw: object, prefix: str, edge_id: str, base: Path) -> MqttSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix, "must be a table")
+    topics_raw = raw.get("topics")
+    rest = {k: v for k, v in raw.items() if k != "topics"}
+    settings = _section(MqttSettings, rest, prefix, base)
+    if not TOKEN_RE.match(settings.name):
+        raise ConfigError(f"{prefix}.name", f"must match {TOKEN_RE.pattern}, got {settings.name!r}")
+    url = urlsplit(settings.url)
+    try:
+        port = url.port
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}.url", f"bad port in {settings.url!r}") from exc
+    if url.scheme != "mqtt" or not url.hostname or url.path not in {"", "/"} or port == 0:
+        raise ConfigError(
+            f"{prefix}.url", f"must look like mqtt://host[:port], got {settings.url!r}"
+        )
+    client_id = settings.client_id or f"cairn-{edge_id}-{settings.name}"
+    if len(client_id) > 256 or any(ord(c) < 0x20 for c in client_id):
+        raise ConfigError(f"{prefix}.client_id", "must be 1..256 printable characters")
+    if topics_raw is None:
+        raise ConfigError(f"{prefix}.topics", "is required (at least one topic pattern)")
+    if not isinstance(topics_raw, list) or not topics_raw:
+        raise ConfigError(
+            f"{prefix}.topics", "must be a non-empty array of {pattern, format} tables"
+        )
+    topics: list[TopicSettings] = []
+    for j, item in enumerate(topics_raw):
+        key = f"{prefix}.topics[{j}]"
+        if not isinstance(item, dict):
+            raise ConfigError(key, "must be a table like { pattern = ..., format = ... }")
+        topic = _section(TopicSettings, item, key, base)
+        try:
+            parsed = TopicPattern.parse(topic.pattern)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.pattern", f"{exc}, got {topic.pattern!r}") from exc
+        if topic.format is PayloadFormat.VALUE and not parsed.has_sensor:
+            raise ConfigError(f"{key}.pattern", "format 'value' needs a {sensor} placeholder")
+        if topic.format is PayloadFormat.JSON and parsed.has_sensor:
+            raise ConfigError(
+                f"{key}.pattern", "format 'json' takes sensor keys from the payload: no {sensor}"
+            )
+        for k, other in enumerate(topics):
+            if filters_overlap(parsed.filter, other.topic.filter):
+                raise ConfigError(
+                    f"{key}.pattern",
+                    f"overlaps {prefix}.topics[{k}] ({other.pattern!r}): "
+                    "a message would arrive twice",
+                )
+        topics.append(topic)
+    return dataclasses.replace(settings, client_id=client_id, topics=tuple(topics))
+
+
+def _section(cls: type[_T], raw: dict[str, Any], prefix: str, base: Path) -> _T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in raw:
+        if key not in fields or key == "path":
+            raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(fields)})")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}"
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(key, "is required")
+            if isinstance(f.default, Path) and not f.default.is_absolute():
+                values[name] = base / f.default  # defaults are relative to the file, too
+            continue
+        values[name] = _coerce(key, raw[name], hints[name], f.metadata, base)
+    return cls(**values)
+
+
+def _coerce(key: str, value: object, hint: Any, meta: Any, base: Path) -> Any:
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        _check_bounds(key, value, meta)
+        return value
+    if hint is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, got {value!r}")
+        _check_bounds(key, value, meta)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, f"must be a non-empty path string, got {value!r}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        choices = [m.value for m in hint]
+        if value not in choices:
+            raise ConfigError(
+                key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"
+            )
+        return hint(value)
+    raise ConfigError(key, "cannot be set in the config file")  # pragma: no cover
+
+
+def _check_bounds(key: str, value: float, meta: Any) -> None:
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError(key, f"must be between {_num(lo)} and {_num(hi)}, got {value!r}")
+
+
+def _num(x: float | None) -> str:
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x)) if abs(x) >= 1 else str(x)
+    return str(x)
+
+
+def _split_host_port(listen: str) -> tuple[str, int]:
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f'must be host:port (or "" for off), got {listen!r}')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_text)
+    if port > 65_535:
+        raise ValueError(f"port must be 0..65535, got {port}")
+    return host, port

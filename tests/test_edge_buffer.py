@@ -1,0 +1,331 @@
+"""The SQLite buffer and the group-commit batcher, on real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contract.codec import CODEC_VERSION, decode_batch, encode_batch
+from contract.model import Reading
+from edge.batcher import Batcher, BatcherClosedError
+from edge.buffer import SCHEMA_VERSION, Buffer, BufferFileError, read_stats
+from edge.config import BufferSettings
+from edge.stats import EdgeStats
+from tests.test_edge_support import poll
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def buffer(tmp_path: Path) -> Iterator[Buffer]:
+    buf = Buffer(tmp_path / "buffer.sqlite3")
+    yield buf
+    buf.close()
+
+
+def reading(i: int, device: str = "d") -> Reading:
+    return Reading(device, "s", 1_700_000_000_000_000 + i, float(i))
+
+
+def rows(path: Path) -> list[tuple[int, int, bytes, bytes]]:
+    """``(seq, count, body, digests)`` of every row, read through a connection of our own."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT seq, count, body, digests FROM batches ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- buffer
+
+
+def test_append_unsent_mark_sent_stats(buffer: Buffer) -> None:
+    bodies = [encode_batch([reading(i), reading(i + 1)]) for i in range(5)]
+    seqs = [
+        buffer.append(b, 2, 10 * i, 10 * i + 1, CODEC_VERSION, bytes(8) if i % 2 else b"")
+        for i, b in enumerate(bodies)
+    ]
+    assert seqs == [1, 2, 3, 4, 5]
+    st = buffer.stats()
+    assert (st.batches_unsent, st.readings_unsent, st.batches_sent, st.readings_sent) == (
+        5,
+        10,
+        0,
+        0,
+    )
+    assert st.bytes_unsent == sum(len(b) for b in bodies)
+    assert st.last_seq == 5
+    assert st.oldest_unsent_us is not None
+    assert st.file_bytes > 0
+    assert [b.seq for b in buffer.unsent(0, 3)] == [1, 2, 3]
+    assert [b.seq for b in buffer.unsent(3, 10)] == [4, 5]
+    first = buffer.unsent(0, 1)[0]
+    assert (first.count, first.codec, first.body) == (2, CODEC_VERSION, bodies[0])
+    buffer.mark_sent([2, 4, 4, 99])  # unknown and repeated seqs are ignored
+    buffer.mark_sent([4])
+    assert [b.seq for b in buffer.unsent(0, 10)] == [1, 3, 5]
+    st = buffer.stats()
+    assert (st.batches_unsent, st.readings_unsent, st.batches_sent, st.readings_sent) == (
+        3,
+        6,
+        2,
+        4,
+    )
+    assert st.bytes_unsent == len(bodies[0]) + len(bodies[2]) + len(bodies[4])
+    assert read_stats(buffer.path) == st  # read-only, from another connection, while open
+    buffer.mark_sent([1, 3, 5])
+    assert buffer.stats().oldest_unsent_us is None
+
+
+def test_rows_survive_a_reopen_and_the_schema_is_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "b.sqlite3"
+    buf = Buffer(path, "full")
+    buf.append(b"x", 1, 1, 1, 1, b"12345678")
+    buf.append(b"y", 1, 2, 2, 1, b"abcdefghABCDEFGH")
+    buf.mark_sent([1])
+    buf.close()
+    buf = Buffer(path)
+    try:
+        assert [b.seq for b in buf.unsent()] == [2]
+        assert buf.stats().batches_sent == 1
+        assert buf.append(b"z", 1, 3, 3, 1) == 3
+        assert buf.recent_digests(2) == [b"abcdefgh", b"ABCDEFGH"]
+        assert buf.recent_digests(10) == [b"abcdefgh", b"ABCDEFGH", b"12345678"]
+        assert buf.recent_digests(0) == []
+    finally:
+        buf.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(
+        SCHEMA_VERSION
+    )
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(BufferFileError, match="schema version 99 is newer"):
+        Buffer(path)
+
+
+def test_not_a_buffer(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(BufferFileError):
+        Buffer(junk)
+    other = tmp_path / "other.sqlite3"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(BufferFileError, match="not a Cairn buffer"):
+        read_stats(other)
+    with pytest.raises(BufferFileError, match="no such file"):
+        read_stats(tmp_path / "missing.sqlite3")
+
+
+# --------------------------------------------------------------------------- batcher
+
+
+async def started(batcher: Batcher) -> asyncio.Task[None]:
+    return asyncio.create_task(batcher.run())
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_concurrent_submits_are_committed_in_as_few_rows_as_the_rules_allow(
+    buffer: Buffer,
+) -> None:
+    stats = EdgeStats()
+    commits: list[int] = []
+    settings = BufferSettings(
+        flush_interval_ms=60_000, max_batch_readings=500, max_pending_readings=5000
+    )
+    batcher = Batcher(buffer, settings, stats, on_commit=commits.append)
+    runner = await started(batcher)
+
+    tasks = [  # 2000 tasks at once, 1 reading each, 50 devices, 2 sources
+        asyncio.create_task(batcher.submit([reading(p * 1000 + k, f"dev{p}")], f"src{p % 2}"))
+        for k in range(40)
+        for p in range(50)
+    ]
+    await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    await stop(runner)
+    got = rows(buffer.path)
+    assert [count for _, count, _, _ in got] == [500, 500, 500, 500]  # max_batch: 4 rows, no timer
+    assert commits == [1, 2, 3, 4]
+    decoded = {r for _, _, body, _ in got for r in decode_batch(body).readings()}
+    assert decoded == {reading(p * 1000 + k, f"dev{p}") for p in range(50) for k in range(40)}
+    assert stats.counters["readings-committed"] == 2000
+    assert stats.counters["batches-committed"] == 4
+    assert (stats.source("src0").accepted, stats.source("src1").accepted) == (1000, 1000)
+    assert batcher.queued_readings == 0
+
+
+async def test_flush_interval_groups_what_arrives_meanwhile(buffer: Buffer) -> None:
+    settings = BufferSettings(
+        flush_interval_ms=300, max_batch_readings=10_000, max_pending_readings=10_000
+    )
+    batcher = Batcher(buffer, settings, EdgeStats())
+    runner = await started(batcher)
+    await asyncio.gather(*(batcher.submit([reading(i), reading(i + 100)], "s") for i in range(25)))
+    await batcher.submit([reading(1000)], "s")  # arrives after that commit: a row of its own
+    await stop(runner)
+    assert [count for _, count, _, _ in rows(buffer.path)] == [50, 1]
+
+
+async def test_a_single_submit_larger_than_a_batch_goes_whole(buffer: Buffer) -> None:
+    settings = BufferSettings(
+        flush_interval_ms=60_000, max_batch_readings=10, max_pending_readings=10
+    )
+    batcher = Batcher(buffer, settings, EdgeStats())
+    runner = await started(batcher)
+    await asyncio.gather(
+        batcher.submit([reading(i) for i in range(25)], "s"),
+        batcher.submit([reading(i) for i in range(100, 104)], "s"),
+        batcher.submit([reading(i) for i in range(200, 210)], "s"),
+    )
+    await stop(runner)
+    assert [count for _, count, _, _ in rows(buffer.path)] == [25, 4, 10]
+
+
+async def test_submit_returns_only_after_the_commit(buffer: Buffer) -> None:
+    settings = BufferSettings(
+        flush_interval_ms=60_000, max_batch_readings=1000, max_pending_readings=1000
+    )
+    batcher = Batcher(buffer, settings, EdgeStats())
+    runner = await started(batcher)
+    task = asyncio.create_task(batcher.submit([reading(1), reading(2)], "s"))
+    await poll(lambda: batcher.queued_readings == 2, "the submit to be queued")
+    assert not task.done()
+    assert rows(buffer.path) == []  # nothing committed, so nothing returned
+    await batcher.drain()  # commit now instead of in 60 s
+    await asyncio.wait_for(task, 10)
+    assert [count for _, count, _, _ in rows(buffer.path)] == [2]
+    await stop(runner)
+
+
+async def test_backpressure_bounds_what_waits(buffer: Buffer) -> None:
+    settings = BufferSettings(flush_interval_ms=1, max_batch_readings=5, max_pending_readings=10)
+    batcher = Batcher(buffer, settings, EdgeStats())
+    runner = await started(batcher)
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(buffer.run_in_writer(gate.wait))  # the disk is "busy"
+    first = [asyncio.create_task(batcher.submit([reading(i)], "s")) for i in range(10)]
+    await poll(lambda: batcher.queued_readings == 10, "10 readings queued")
+    late = [asyncio.create_task(batcher.submit([reading(100 + i)], "s")) for i in range(3)]
+    for _ in range(20):
+        await asyncio.sleep(0)  # give the late submits every chance to get in (they must not)
+    assert batcher.queued_readings == 10
+    assert not any(t.done() for t in first + late)
+    gate.set()
+    await blocker
+    await asyncio.wait_for(asyncio.gather(*first, *late), 20)
+    assert sum(count for _, count, _, _ in rows(buffer.path)) == 13
+    await stop(runner)
+
+
+async def test_a_failing_commit_is_retried_and_its_submitters_wait(buffer: Buffer) -> None:
+    stats = EdgeStats()
+    settings = BufferSettings(flush_interval_ms=1, max_batch_readings=100, max_pending_readings=100)
+    batcher = Batcher(buffer, settings, stats)
+    runner = await started(batcher)
+    saboteur = sqlite3.connect(buffer.path)  # a real SQLite error on every insert, until dropped
+    saboteur.execute(
+        "CREATE TRIGGER no_space BEFORE INSERT ON batches BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    saboteur.commit()
+    task = asyncio.create_task(batcher.submit([reading(1)], "s"))
+    await poll(lambda: stats.counters["commit-errors"] >= 2, "two failed commits")
+    assert not task.done()
+    saboteur.execute("DROP TRIGGER no_space")
+    saboteur.commit()
+    saboteur.close()
+    await asyncio.wait_for(task, 20)
+    assert [count for _, count, _, _ in rows(buffer.path)] == [1]
+    assert stats.counters["readings-committed"] == 1
+    await stop(runner)
+
+
+async def test_what_the_codec_refuses_fails_alone(buffer: Buffer) -> None:
+    settings = BufferSettings(
+        flush_interval_ms=60_000, max_batch_readings=3, max_pending_readings=10
+    )
+    batcher = Batcher(buffer, settings, EdgeStats())
+    runner = await started(batcher)
+    bad = Reading("d", "s", 1, {1, 2})  # type: ignore[arg-type]  # a set: no JSON document
+    results = await asyncio.gather(
+        batcher.submit([reading(1)], "s"),
+        batcher.submit([bad], "s", b"BADBADBA"),
+        batcher.submit([reading(2)], "s"),
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert results[2] is None
+    assert getattr(results[1], "reason", None) == "bad-value"
+    got = rows(buffer.path)
+    assert [(count, digests) for _, count, _, digests in got] == [(2, b"")]
+    assert batcher.queued_readings == 0
+    assert not await batcher.redelivered(b"BADBADBA")
+    await stop(runner)
+
+
+async def test_digests_are_stored_remembered_and_reloaded(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.sqlite3"
+    buf = Buffer(path)
+    settings = BufferSettings(flush_interval_ms=1, max_batch_readings=100, max_pending_readings=100)
+    batcher = Batcher(buf, settings, EdgeStats(), digest_window=3)
+    runner = await started(batcher)
+    digests = [bytes([i]) * 8 for i in range(5)]
+    for i, d in enumerate(digests):
+        await batcher.submit([reading(i)], "s", d)
+    await batcher.submit([reading(99)], "s")  # QoS 0: no digest
+    assert b"".join(d for _, _, _, d in rows(path)) == b"".join(digests)
+    assert [await batcher.redelivered(d) for d in digests] == [False, False, True, True, True]
+    await stop(runner)
+    buf.close()
+
+    buf = Buffer(path)  # a restart: the window comes back from the newest rows
+    try:
+        again = Batcher(buf, settings, EdgeStats(), digest_window=3)
+        assert again.load_digests() == 3
+        assert [await again.redelivered(d) for d in digests] == [False, False, True, True, True]
+    finally:
+        buf.close()
+
+
+async def test_redelivered_waits_for_a_commit_in_progress(buffer: Buffer) -> None:
+    settings = BufferSettings(
+        flush_interval_ms=60_000, max_batch_readings=100, max_pending_readings=100
+    )
+    batcher = Batcher(buffer, settings, EdgeStats())
+    runner = await started(batcher)
+    original = asyncio.create_task(batcher.submit([reading(1)], "s", b"DIGEST01"))
+    await poll(lambda: batcher.queued_readings == 1, "the original to be queued")
+    duplicate = asyncio.create_task(batcher.redelivered(b"DIGEST01"))
+    assert not await batcher.redelivered(b"OTHER-01")
+    await batcher.drain()
+    assert await asyncio.wait_for(duplicate, 10) is True
+    await original
+    assert len(rows(buffer.path)) == 1
+    await stop(runner)
+
+
+async def test_close_commits_what_was_submitted_and_refuses_more(buffer: Buffer) -> None:
+    settings = BufferSettings(
+        flush_interval_ms=60_000, max_batch_readings=100, max_pending_readings=100
+    )
+    batcher = Batcher(buffer, settings, EdgeStats())
+    runner = await started(batcher)
+    waiting = [asyncio.create_task(batcher.submit([reading(i)], "s")) for i in range(7)]
+    await poll(lambda: batcher.queued_readings == 7, "7 readings queued")
+    await batcher.close()
+    await asyncio.gather(*waiting)
+    assert [count for _, count, _, _ in rows(buffer.path)] == [7]
+    with pytest.raises(BatcherClosedError):
+        await batcher.submit([reading(8)], "s")
+    await stop(runner)
