@@ -9,8 +9,12 @@ instead of running with a silent default. Relative paths resolve against the con
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import itertools
 import math
+import textwrap
 import tomllib
 import typing
 from dataclasses import field
@@ -20,7 +24,7 @@ from typing import Any
 
 from contract.errors import ConfigError
 
-__all__ = ["bounded", "read_toml", "section", "split_host_port", "table"]
+__all__ = ["bounded", "describe", "read_toml", "section", "split_host_port", "table"]
 
 _T = typing.TypeVar("_T")
 
@@ -131,3 +135,37 @@ def split_host_port(listen: str) -> tuple[str, int]:
     if port > 65_535:
         raise ValueError(f"port must be 0..65535, got {port}")
     return host, port
+
+
+def describe(cls: type) -> list[tuple[str, str, str, str]]:
+    """``(key, type, default, doc)`` for every field of a settings dataclass, the doc being the
+    docstring written under the field: the config reference is generated from this."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    docs: dict[str, str] = {}
+    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name == "path":
+            continue
+        hint = hints[f.name]
+        kind = getattr(hint, "__name__", str(hint))
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default.value if isinstance(f.default, StrEnum) else f.default)
+            if isinstance(f.default, Path):
+                default = repr(str(f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            default = "(see below)"
+        else:
+            default = "required"
+        out.append((f.name, kind, default, docs.get(f.name, "")))
+    return out
