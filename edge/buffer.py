@@ -243,7 +243,7 @@ class Buffer:
 
     # ------------------------------------------------------------------ writes
 
-    def append(  # noqa: PLR0917 - the positional signature of the brief
+    def append(
         self,
         body: bytes,
         count: int,
@@ -297,7 +297,7 @@ class Buffer:
             t.readings_unsent -= sum(c for c, _ in marked)
             t.bytes_unsent -= sum(b for _, b in marked)
 
-    async def append_async(  # noqa: PLR0917 - as append()
+    async def append_async(
         self,
         body: bytes,
         count: int,

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from typing import Any, Self
 import nats
 from nats.js.api import StreamConfig
 
+from contract.codec import decode_batch
+from contract.model import Reading
 from contract.names import STREAM_NAME, STREAM_SUBJECTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,6 +198,7 @@ class MqttProxy:
     connections: int = 0
     _server: asyncio.Server | None = None
     _writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -206,9 +210,11 @@ class MqttProxy:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.cut()
         if self._server is not None:
             self._server.close()
+        self.cut()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
 
     def cut(self) -> None:
         for w in self._writers:
@@ -216,6 +222,10 @@ class MqttProxy:
         self._writers.clear()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
@@ -400,6 +410,23 @@ class EdgeProcess:
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+
+# --------------------------------------------------------------------------- buffer file
+
+
+def stored(path: Path) -> list[Reading]:
+    """Every reading in the buffer file at ``path`` (through a connection of our own)."""
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path)
+    try:
+        bodies = conn.execute("SELECT body FROM batches ORDER BY seq").fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        conn.close()
+    return [r for (body,) in bodies for r in decode_batch(body).readings()]
 
 
 # --------------------------------------------------------------------------- JetStream

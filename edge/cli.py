@@ -1,0 +1,137 @@
+"""``cairn-edge``: run the edge service, or look into its buffer.
+
+::
+
+    cairn-edge [--log-level LEVEL] run --config FILE      run until SIGTERM/SIGINT (exit 0)
+    cairn-edge [--log-level LEVEL] status --config FILE   counts from the buffer file (read-only;
+                                                          works while the edge runs) [--json]
+
+An error Cairn expects (a bad config key, an unusable buffer file...) prints one line
+``cairn-edge: <message>`` to stderr and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from contract.errors import CairnError
+from edge.buffer import BufferStats, read_stats
+from edge.config import load_config
+from edge.service import run_edge
+
+__all__ = ["main"]
+
+_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+_PROG: Final = "cairn-edge"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=_PROG, description="Cairn edge gateway: sensors -> SQLite buffer -> NATS JetStream."
+    )
+    level_help = f"log level ({', '.join(_LEVELS)}; default INFO)"
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=_LEVELS, default="INFO", help=level_help
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the edge service until SIGTERM or SIGINT")
+    status = sub.add_parser("status", help="print the buffer's counts (read-only)")
+    for p in (run, status):
+        p.add_argument("--config", type=Path, required=True, help="the edge's TOML config file")
+        p.add_argument(
+            "--log-level",
+            type=str.upper,
+            choices=_LEVELS,
+            default=argparse.SUPPRESS,
+            help=level_help,
+        )
+    status.add_argument("--json", action="store_true", help="print the counts as JSON")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if level != "DEBUG":
+        # gmqtt logs every lost connection with a traceback; the source logs it in one line.
+        logging.getLogger("gmqtt").setLevel(logging.ERROR)
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def _print_status(edge: str, tenant: str, path: Path, st: BufferStats) -> None:
+    oldest = ""
+    if st.oldest_unsent_us is not None:
+        age = max(0.0, time.time() - st.oldest_unsent_us / 1e6)
+        oldest = f", oldest {age:.0f} s old"
+    print(f"edge      {edge} (tenant {tenant})")
+    print(f"buffer    {path} ({_human_bytes(st.file_bytes)})")
+    print(
+        f"unsent    {st.batches_unsent:,} batches, {st.readings_unsent:,} readings,"
+        f" {_human_bytes(st.bytes_unsent)}{oldest}"
+    )
+    print(f"sent      {st.batches_sent:,} batches, {st.readings_sent:,} readings")
+    print(f"last seq  {st.last_seq}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cairn-edge``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+        if args.command == "status":
+            st = read_stats(config.edge.buffer_path)
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "edge": config.edge.id,
+                            "tenant": config.edge.tenant,
+                            "buffer": st.as_json(),
+                        }
+                    )
+                )
+            else:
+                _print_status(config.edge.id, config.edge.tenant, config.edge.buffer_path, st)
+            return 0
+        asyncio.run(run_edge(config))
+    except CairnError as exc:
+        print(f"{_PROG}: {exc}", file=sys.stderr)
+        return 2
+    except ExceptionGroup as group:  # raised by a task of the service
+        first = _first_cairn_error(group)
+        if first is None:
+            raise
+        print(f"{_PROG}: {first}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _first_cairn_error(group: BaseExceptionGroup[BaseException]) -> CairnError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, CairnError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_cairn_error(exc)
+            if found is not None:
+                return found
+    return None
