@@ -36,7 +36,8 @@ def render() -> str:
     out = [
         "# Config reference",
         "",
-        "Generated from the settings classes by `scripts/config_reference.py`; do not edit by hand.",
+        "Generated from the settings classes by `scripts/config_reference.py`;"
+        " do not edit by hand.",
         "Each service reads one TOML file (`--config FILE`). Unknown keys and out-of-bounds values",
         "stop the service at start with an error naming the key. Relative paths are relative to",
         "the config file's folder.",

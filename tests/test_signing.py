@@ -205,8 +205,8 @@ def test_malformed_key_file_is_a_config_error(tmp_path: Path, content: bytes) ->
 
 
 def test_non_ed25519_key_file_is_a_config_error(tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
     path = tmp_path / "edge.key"
     other = ec.generate_private_key(ec.SECP256R1())
