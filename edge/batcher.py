@@ -198,6 +198,9 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             await self._nonempty.wait()
+            if not self._pending:  # pragma: no cover - _take clears the event with the queue
+                self._nonempty.clear()
+                continue
             if not self._urgent and self._pending_n < self._max_batch:
                 delay = self._pending[0].arrived + self._interval - loop.time()
                 if delay > 0:

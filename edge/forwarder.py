@@ -76,6 +76,7 @@ class Forwarder:
         self._acked: list[StoredBatch] = []
         self._acked_event = asyncio.Event()
         self._nc: NatsClient | None = None
+        self._failing = False
 
     def notify(self, seq: int = 0) -> None:  # noqa: ARG002 - the batcher's on_commit signature
         """A batch was committed: look for unsent rows now."""
@@ -185,14 +186,22 @@ class Forwarder:
                     self._stats.count("publish-errors")
                     self._state.last_error = _describe(exc)
                     delay = backoff.next()
-                    _log.debug(
-                        "publish of batch %d failed (%s); retrying in %.2f s",
+                    # One WARNING per streak of failures (while NATS is up: a lost connection
+                    # is logged by the connection callbacks), the rest at DEBUG.
+                    quiet = self._failing or not self._state.connected
+                    self._failing = True
+                    _log.log(
+                        logging.DEBUG if quiet else logging.WARNING,
+                        "publish of batch %d failed (%s); retrying in %.2f s (and on)",
                         batch.seq,
                         self._state.last_error,
                         delay,
                     )
                     await asyncio.sleep(delay)
                     continue
+                if self._failing:
+                    self._failing = False
+                    _log.info("publishing again (batch %d acknowledged)", batch.seq)
                 if ack.duplicate:
                     _log.debug("batch %d was already in the stream (seq %d)", batch.seq, ack.seq)
                 break

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -112,7 +113,8 @@ class _LogState:
 class EdgeStats:
     """All counters of one running edge (one event loop; not thread-safe by design)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self.sources: dict[str, SourceStats] = {}
         self.forwarder = ForwarderState()
         self.counters: Counter[str] = Counter(dict.fromkeys(COUNTER_KEYS, 0))
@@ -146,7 +148,7 @@ class EdgeStats:
         """Count a refused message and log it, rate-limited per (source, reason)."""
         self.source(source).rejected[reason] += 1
         self.counters["messages-rejected"] += 1
-        now = time.monotonic()
+        now = self._clock()
         state = self._log_state.get((source, reason))
         if state is None:
             self._log_state[source, reason] = _LogState(now)

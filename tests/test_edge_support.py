@@ -347,8 +347,12 @@ def http_json(url: str) -> Any:
 class EdgeProcess:
     """``python -m edge run --config FILE`` as a real process (admin port from admin.port)."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(
+        self, config: Path, log_level: str = "DEBUG", launcher: tuple[str, ...] = ("-m", "edge")
+    ) -> None:
         self.config = config
+        self.log_level = log_level
+        self.launcher = launcher
         self.log = config.with_suffix(".log")
         self.port_file = config.parent / "state" / "admin.port"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -359,10 +363,9 @@ class EdgeProcess:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "edge",
+                    *self.launcher,
                     "--log-level",
-                    "DEBUG",
+                    self.log_level,
                     "run",
                     "--config",
                     str(self.config),
