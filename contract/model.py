@@ -8,6 +8,7 @@ GPS fix). ``sensor`` may be a path (``imu/accel/x``) so sensors nest.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -32,6 +33,8 @@ FLAG_CLOCK_SUSPECT: Final = 0x02
 
 MAX_NAME_LEN: Final = 128
 """Longest device id or sensor key, in characters."""
+
+_BAD_NAME: Final = re.compile(r"[\x00-\x1f\x7f]|^/|/$|//")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +61,4 @@ def valid_name(name: str) -> bool:
     Non-empty, at most ``MAX_NAME_LEN`` characters, no control characters, no leading or
     trailing ``/`` and no empty path segment.
     """
-    if not name or len(name) > MAX_NAME_LEN:
-        return False
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        return False
-    return "" not in name.split("/")
+    return 0 < len(name) <= MAX_NAME_LEN and _BAD_NAME.search(name) is None

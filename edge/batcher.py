@@ -33,10 +33,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from contract.backoff import Backoff
 from contract.codec import CODEC_VERSION, encode_batch
 from contract.errors import CairnError, CodecError, PayloadError
 from contract.model import Reading
-from edge._backoff import Backoff
 from edge.buffer import DIGEST_SIZE, Buffer
 from edge.config import BufferSettings
 from edge.stats import EdgeStats

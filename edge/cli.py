@@ -15,21 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from contract.errors import CairnError
+from contract.cli import LOG_LEVELS, run_command, setup_logging
 from edge.buffer import BufferStats, read_stats
 from edge.config import load_config
 from edge.service import run_edge
 
 __all__ = ["main"]
 
-_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 _PROG: Final = "cairn-edge"
 
 
@@ -37,9 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_PROG, description="Cairn edge gateway: sensors -> SQLite buffer -> NATS JetStream."
     )
-    level_help = f"log level ({', '.join(_LEVELS)}; default INFO)"
+    level_help = f"log level ({', '.join(LOG_LEVELS)}; default INFO)"
     parser.add_argument(
-        "--log-level", type=str.upper, choices=_LEVELS, default="INFO", help=level_help
+        "--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help=level_help
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the edge service until SIGTERM or SIGINT")
@@ -49,23 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--log-level",
             type=str.upper,
-            choices=_LEVELS,
+            choices=LOG_LEVELS,
             default=argparse.SUPPRESS,
             help=level_help,
         )
     status.add_argument("--json", action="store_true", help="print the counts as JSON")
     return parser
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if level != "DEBUG":
-        # gmqtt logs every lost connection with a traceback; the source logs it in one line.
-        logging.getLogger("gmqtt").setLevel(logging.ERROR)
 
 
 def _human_bytes(n: int) -> str:
@@ -92,46 +78,22 @@ def _print_status(edge: str, tenant: str, path: Path, st: BufferStats) -> None:
     print(f"last seq  {st.last_seq}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``cairn-edge``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    _setup_logging(args.log_level)
-    try:
-        config = load_config(args.config)
-        if args.command == "status":
-            st = read_stats(config.edge.buffer_path)
-            if args.json:
-                print(
-                    json.dumps(
-                        {
-                            "edge": config.edge.id,
-                            "tenant": config.edge.tenant,
-                            "buffer": st.as_json(),
-                        }
-                    )
-                )
-            else:
-                _print_status(config.edge.id, config.edge.tenant, config.edge.buffer_path, st)
-            return 0
-        asyncio.run(run_edge(config))
-    except CairnError as exc:
-        print(f"{_PROG}: {exc}", file=sys.stderr)
-        return 2
-    except ExceptionGroup as group:  # raised by a task of the service
-        first = _first_cairn_error(group)
-        if first is None:
-            raise
-        print(f"{_PROG}: {first}", file=sys.stderr)
-        return 2
+def _command(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.command == "status":
+        st = read_stats(config.edge.buffer_path)
+        if args.json:
+            doc = {"edge": config.edge.id, "tenant": config.edge.tenant, "buffer": st.as_json()}
+            print(json.dumps(doc))
+        else:
+            _print_status(config.edge.id, config.edge.tenant, config.edge.buffer_path, st)
+        return 0
+    asyncio.run(run_edge(config))
     return 0
 
 
-def _first_cairn_error(group: BaseExceptionGroup[BaseException]) -> CairnError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, CairnError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_cairn_error(exc)
-            if found is not None:
-                return found
-    return None
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``cairn-edge``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return run_command(_PROG, lambda: _command(args))

@@ -10,9 +10,6 @@ resolved against the folder of the config file.
 from __future__ import annotations
 
 import dataclasses
-import math
-import tomllib
-import typing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +18,7 @@ from urllib.parse import urlsplit
 
 from contract.errors import ConfigError
 from contract.names import TOKEN_RE
+from contract.settings import bounded, read_toml, section, split_host_port, table
 from edge.sources.topics import TopicPattern, filters_overlap
 
 __all__ = [
@@ -37,7 +35,6 @@ __all__ = [
 ]
 
 _U32_MAX: Final = 0xFFFFFFFF
-_T = typing.TypeVar("_T")
 
 
 class PayloadFormat(StrEnum):
@@ -56,12 +53,6 @@ class Synchronous(StrEnum):
     """A process crash loses no commit; a power loss may roll back the last ones."""
     FULL = "full"
     """Commits also survive a power loss, if the disk honours fsync (about 2x slower)."""
-
-
-def _bounded(
-    default: Any = dataclasses.MISSING, *, lo: float | None = None, hi: float | None = None
-) -> Any:
-    return field(default=default, metadata={"lo": lo, "hi": hi})
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +84,12 @@ class EdgeSettings:
 class BufferSettings:
     """``[buffer]``: group commit of readings into the SQLite buffer."""
 
-    flush_interval_ms: int = _bounded(200, lo=1, hi=60_000)
+    flush_interval_ms: int = bounded(200, lo=1, hi=60_000)
     """Commit waiting readings at least this often (milliseconds), 1..60000."""
-    max_batch_readings: int = _bounded(10_000, lo=1, hi=1_000_000)
+    max_batch_readings: int = bounded(10_000, lo=1, hi=1_000_000)
     """Commit at once when this many readings wait; also the most readings of one batch row
     (a single message with more readings still goes whole), 1..1000000."""
-    max_pending_readings: int = _bounded(100_000, lo=1, hi=10_000_000)
+    max_pending_readings: int = bounded(100_000, lo=1, hi=10_000_000)
     """Readings waiting or being committed above which sources wait (backpressure); at least
     ``max_batch_readings``, at most 10000000."""
     synchronous: Synchronous = Synchronous.NORMAL
@@ -111,13 +102,13 @@ class ForwarderSettings:
 
     nats_url: str = "nats://127.0.0.1:4222"
     """NATS server URL (``nats://``, ``tls://``, ``ws://`` or ``wss://``)."""
-    max_in_flight: int = _bounded(16, lo=1, hi=1024)
+    max_in_flight: int = bounded(16, lo=1, hi=1024)
     """Batches published and not yet acknowledged by JetStream, 1..1024."""
-    ack_timeout_s: float = _bounded(5.0, lo=0.05, hi=300.0)
+    ack_timeout_s: float = bounded(5.0, lo=0.05, hi=300.0)
     """Seconds to wait for a JetStream ack before publishing the batch again, 0.05..300."""
-    backoff_initial_s: float = _bounded(0.1, lo=0.001, hi=60.0)
+    backoff_initial_s: float = bounded(0.1, lo=0.001, hi=60.0)
     """First retry delay after a failure (seconds; doubles, with jitter), 0.001..60."""
-    backoff_max_s: float = _bounded(10.0, lo=0.01, hi=3600.0)
+    backoff_max_s: float = bounded(10.0, lo=0.01, hi=3600.0)
     """Longest retry delay (seconds), at least ``backoff_initial_s``, at most 3600."""
 
 
@@ -135,11 +126,11 @@ class AdminSettings:
 
     @property
     def host(self) -> str:
-        return _split_host_port(self.listen)[0]
+        return split_host_port(self.listen)[0]
 
     @property
     def port(self) -> int:
-        return _split_host_port(self.listen)[1]
+        return split_host_port(self.listen)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,14 +159,14 @@ class MqttSettings:
     client_id: str = ""
     """MQTT client id; the persistent session is keyed by it. Default
     ``cairn-<edge id>-<name>``."""
-    qos: int = _bounded(1, lo=0, hi=2)
+    qos: int = bounded(1, lo=0, hi=2)
     """Subscription QoS, 0..2 (0 gives up the ack-after-commit guarantee)."""
-    session_expiry_s: int = _bounded(86_400, lo=0, hi=_U32_MAX)
+    session_expiry_s: int = bounded(86_400, lo=0, hi=_U32_MAX)
     """How long the broker keeps the session (and queues QoS>0 messages) while the edge is
     away, seconds, 0..4294967295."""
-    receive_maximum: int = _bounded(20_000, lo=1, hi=65_535)
+    receive_maximum: int = bounded(20_000, lo=1, hi=65_535)
     """MQTT 5 flow control: unacknowledged messages the broker may send us, 1..65535."""
-    keepalive_s: int = _bounded(30, lo=5, hi=3_600)
+    keepalive_s: int = bounded(30, lo=5, hi=3_600)
     """MQTT keep-alive interval in seconds, 5..3600."""
     topics: tuple[TopicSettings, ...] = ()
     """Topic patterns to subscribe to, at least one; their filters must not overlap."""
@@ -208,15 +199,7 @@ class EdgeConfig:
 def load_config(path: Path | str) -> EdgeConfig:
     """Read and check the TOML file at ``path``; raises :class:`ConfigError` naming the key."""
     path = Path(path).absolute()
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read the config file: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), "the config file is not UTF-8") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
-    return config_from_dict(raw, base=path.parent, path=path)
+    return config_from_dict(read_toml(path), base=path.parent, path=path)
 
 
 def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) -> EdgeConfig:
@@ -227,19 +210,19 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
             raise ConfigError(key, f"unknown section (known: {', '.join(sorted(sections))})")
     if "edge" not in raw:
         raise ConfigError("edge", "the [edge] section is required (id and tenant)")
-    edge = _section(EdgeSettings, _table(raw, "edge"), "edge", base)
+    edge = section(EdgeSettings, table(raw, "edge"), "edge", base)
     for key in ("id", "tenant"):
         value = getattr(edge, key)
         if not TOKEN_RE.match(value):
             raise ConfigError(f"edge.{key}", f"must match {TOKEN_RE.pattern}, got {value!r}")
-    buffer = _section(BufferSettings, _table(raw, "buffer"), "buffer", base)
+    buffer = section(BufferSettings, table(raw, "buffer"), "buffer", base)
     if buffer.max_pending_readings < buffer.max_batch_readings:
         raise ConfigError(
             "buffer.max_pending_readings",
             f"must be at least buffer.max_batch_readings ({buffer.max_batch_readings}), "
             f"got {buffer.max_pending_readings}",
         )
-    forwarder = _section(ForwarderSettings, _table(raw, "forwarder"), "forwarder", base)
+    forwarder = section(ForwarderSettings, table(raw, "forwarder"), "forwarder", base)
     scheme = urlsplit(forwarder.nats_url).scheme
     if scheme not in {"nats", "tls", "ws", "wss"} or not urlsplit(forwarder.nats_url).hostname:
         raise ConfigError(
@@ -252,10 +235,10 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
             f"must be at least forwarder.backoff_initial_s ({forwarder.backoff_initial_s}), "
             f"got {forwarder.backoff_max_s}",
         )
-    admin = _section(AdminSettings, _table(raw, "admin"), "admin", base)
+    admin = section(AdminSettings, table(raw, "admin"), "admin", base)
     if admin.listen:
         try:
-            _split_host_port(admin.listen)
+            split_host_port(admin.listen)
         except ValueError as exc:
             raise ConfigError("admin.listen", str(exc)) from exc
     mqtt_raw = raw.get("mqtt", [])
@@ -271,19 +254,12 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
     )
 
 
-def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
-    value = raw.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(key, "must be a table")
-    return value
-
-
 def _mqtt(raw: object, prefix: str, edge_id: str, base: Path) -> MqttSettings:
     if not isinstance(raw, dict):
         raise ConfigError(prefix, "must be a table")
     topics_raw = raw.get("topics")
     rest = {k: v for k, v in raw.items() if k != "topics"}
-    settings = _section(MqttSettings, rest, prefix, base)
+    settings = section(MqttSettings, rest, prefix, base)
     if not TOKEN_RE.match(settings.name):
         raise ConfigError(f"{prefix}.name", f"must match {TOKEN_RE.pattern}, got {settings.name!r}")
     url = urlsplit(settings.url)
@@ -309,7 +285,7 @@ def _mqtt(raw: object, prefix: str, edge_id: str, base: Path) -> MqttSettings:
         key = f"{prefix}.topics[{j}]"
         if not isinstance(item, dict):
             raise ConfigError(key, "must be a table like { pattern = ..., format = ... }")
-        topic = _section(TopicSettings, item, key, base)
+        topic = section(TopicSettings, item, key, base)
         try:
             parsed = TopicPattern.parse(topic.pattern)
         except ValueError as exc:
@@ -329,82 +305,3 @@ def _mqtt(raw: object, prefix: str, edge_id: str, base: Path) -> MqttSettings:
                 )
         topics.append(topic)
     return dataclasses.replace(settings, client_id=client_id, topics=tuple(topics))
-
-
-def _section(cls: type[_T], raw: dict[str, Any], prefix: str, base: Path) -> _T:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in raw:
-        if key not in fields or key == "path":
-            raise ConfigError(f"{prefix}.{key}", f"unknown key (known: {', '.join(fields)})")
-    values: dict[str, Any] = {}
-    for name, f in fields.items():
-        key = f"{prefix}.{name}"
-        if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(key, "is required")
-            if isinstance(f.default, Path) and not f.default.is_absolute():
-                values[name] = base / f.default  # defaults are relative to the file, too
-            continue
-        values[name] = _coerce(key, raw[name], hints[name], f.metadata, base)
-    return cls(**values)
-
-
-def _coerce(key: str, value: object, hint: Any, meta: Any, base: Path) -> Any:
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(key, f"must be an integer, got {value!r}")
-        _check_bounds(key, value, meta)
-        return value
-    if hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ConfigError(key, f"must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(key, f"must be a finite number, got {value!r}")
-        _check_bounds(key, value, meta)
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"must be a string, got {value!r}")
-        return value
-    if hint is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(key, f"must be a non-empty path string, got {value!r}")
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else base / p
-    if isinstance(hint, type) and issubclass(hint, StrEnum):
-        choices = [m.value for m in hint]
-        if value not in choices:
-            raise ConfigError(
-                key, f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"
-            )
-        return hint(value)
-    raise ConfigError(key, "cannot be set in the config file")  # pragma: no cover
-
-
-def _check_bounds(key: str, value: float, meta: Any) -> None:
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(key, f"must be between {_num(lo)} and {_num(hi)}, got {value!r}")
-
-
-def _num(x: float | None) -> str:
-    if isinstance(x, float) and x.is_integer():
-        return str(int(x)) if abs(x) >= 1 else str(x)
-    return str(x)
-
-
-def _split_host_port(listen: str) -> tuple[str, int]:
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f'must be host:port (or "" for off), got {listen!r}')
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    port = int(port_text)
-    if port > 65_535:
-        raise ValueError(f"port must be 0..65535, got {port}")
-    return host, port

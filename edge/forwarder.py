@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from contract.backoff import Backoff
 from contract.names import (
     HDR_CODEC,
     HDR_COUNT,
@@ -39,7 +40,6 @@ from contract.names import (
     telemetry_subject,
 )
 from contract.signing import sign_batch
-from edge._backoff import Backoff
 from edge.buffer import Buffer, StoredBatch
 from edge.config import ForwarderSettings
 from edge.stats import EdgeStats

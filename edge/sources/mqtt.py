@@ -39,13 +39,13 @@ import gmqtt
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.mqtt.handler import MqttPackageHandler
 
+from contract.backoff import Backoff
 from contract.errors import PayloadError
 from contract.model import Reading
-from edge._backoff import Backoff
 from edge.batcher import BatcherClosedError, Sink
 from edge.config import MqttSettings, PayloadFormat
 from edge.sources.payloads import parse_json_payload, parse_value_payload
-from edge.sources.topics import TopicPattern
+from edge.sources.topics import TopicMatch, TopicPattern
 from edge.stats import EdgeStats
 
 __all__ = [
@@ -57,6 +57,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_UNSEEN: Final = object()
+_ROUTES_MAX: Final = 100_000
+"""Topics whose route is remembered; past that the memory starts again."""
 
 PUBACK_SUCCESS: Final = 0x00
 PUBACK_UNSPECIFIED: Final = 0x80
@@ -123,6 +126,7 @@ class MqttSource:
         self._sink = sink
         self._stats = stats
         self._source_stats = stats.source(settings.name)
+        self._routes: dict[str, tuple[TopicMatch, PayloadFormat] | None] = {}
         self._topics: list[tuple[TopicPattern, PayloadFormat]] = [
             (t.topic, t.format) for t in settings.topics
         ]
@@ -349,13 +353,28 @@ class MqttSource:
             return PUBACK_PAYLOAD_INVALID
         return PUBACK_SUCCESS
 
-    def _parse(self, topic: str, payload: bytes) -> Sequence[Reading]:
+    def _route(self, topic: str) -> tuple[TopicMatch, PayloadFormat] | None:
+        """Which pattern ``topic`` fits; remembered, since a fleet repeats its topics."""
+        route = self._routes.get(topic, _UNSEEN)
+        if route is not _UNSEEN:
+            return route  # type: ignore[return-value]
+        found = None
         for pattern, fmt in self._topics:
             match = pattern.match(topic)
-            if match is None:
-                continue
-            if fmt is PayloadFormat.VALUE:
-                assert match.sensor is not None  # the config requires {sensor} for 'value'
-                return parse_value_payload(payload, match.device, match.sensor)
-            return parse_json_payload(payload, match.device)
-        raise PayloadError("bad-topic", f"topic {topic[:160]!r} fits no configured pattern")
+            if match is not None:
+                found = (match, fmt)
+                break
+        if len(self._routes) >= _ROUTES_MAX:
+            self._routes.clear()
+        self._routes[topic] = found
+        return found
+
+    def _parse(self, topic: str, payload: bytes) -> Sequence[Reading]:
+        route = self._route(topic)
+        if route is None:
+            raise PayloadError("bad-topic", f"topic {topic[:160]!r} fits no configured pattern")
+        match, fmt = route
+        if fmt is PayloadFormat.VALUE:
+            assert match.sensor is not None  # the config requires {sensor} for 'value'
+            return parse_value_payload(payload, match.device, match.sensor)
+        return parse_json_payload(payload, match.device)

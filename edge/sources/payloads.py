@@ -160,13 +160,23 @@ def _check_size(payload: bytes) -> None:
         )
 
 
+_KNOWN_GOOD: set[str] = set()
+"""Names already checked: devices and sensors repeat in every message, so check each once."""
+_KNOWN_GOOD_MAX: Final = 100_000
+
+
 def _check_name(name: str, what: str) -> None:
+    if name in _KNOWN_GOOD:
+        return
     if not valid_name(name):
         raise PayloadError("bad-name", f"{what} {name[:160]!r} is not a valid name")
     try:
         name.encode()
     except UnicodeEncodeError as exc:
         raise PayloadError("bad-utf8", f"{what} is not encodable as UTF-8") from exc
+    if len(_KNOWN_GOOD) >= _KNOWN_GOOD_MAX:
+        _KNOWN_GOOD.clear()
+    _KNOWN_GOOD.add(name)
 
 
 def _reject_constant(name: str) -> Any:
