@@ -63,6 +63,14 @@ class Sink(Protocol):
         self, readings: Sequence[Reading], source: str, digest: bytes | None = None
     ) -> None: ...
 
+    def submit_nowait(
+        self,
+        readings: Sequence[Reading],
+        source: str,
+        digest: bytes | None,
+        done: Callable[[PayloadError | None], None],
+    ) -> bool: ...
+
     async def redelivered(self, digest: bytes) -> bool: ...
 
     async def drain(self) -> None: ...
@@ -73,8 +81,39 @@ class _Entry:
     readings: Sequence[Reading]
     source: str
     digest: bytes | None
-    future: asyncio.Future[None]
     arrived: float
+    future: asyncio.Future[None] | None = None
+    """For awaiting submitters; made on demand for callback entries (drain, redelivery)."""
+    done: Callable[[PayloadError | None], None] | None = None
+    """For :meth:`Batcher.submit_nowait`: called with ``None`` once committed, or the error."""
+    resolved: bool = False
+    error: PayloadError | None = None
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future that completes with this entry (already complete if it has)."""
+        if self.future is None:
+            self.future = asyncio.get_running_loop().create_future()
+            if self.resolved:
+                _settle(self.future, self.error)
+        return self.future
+
+    def resolve(self, error: PayloadError | None = None) -> None:
+        self.resolved = True
+        self.error = error
+        if self.future is not None:
+            _settle(self.future, error)
+        if self.done is not None:
+            self.done(error)
+
+
+def _settle(future: asyncio.Future[None], error: PayloadError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+        future.exception()  # retrieved: the submitter may be gone
 
 
 class Batcher:
@@ -106,8 +145,8 @@ class Batcher:
         self._space.set()
         self._urgent = 0
         self._closed = False
-        self._last: asyncio.Future[None] | None = None
-        self._committing: dict[bytes, asyncio.Future[None]] = {}
+        self._last: _Entry | None = None
+        self._committing: dict[bytes, _Entry] = {}
         self._recent: deque[bytes] = deque()
         self._recent_set: set[bytes] = set()
 
@@ -137,27 +176,55 @@ class Batcher:
         if self._closed:
             raise BatcherClosedError
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._pending.append(_Entry(readings, source, digest, future, loop.time()))
-        self._pending_n += len(readings)
-        self._queued += len(readings)
-        self._last = future
-        if digest is not None:
-            self._committing[digest] = future
+        entry = _Entry(readings, source, digest, loop.time(), future=loop.create_future())
+        self._enqueue(entry)
+        await asyncio.shield(entry.waiter())
+
+    def submit_nowait(
+        self,
+        readings: Sequence[Reading],
+        source: str,
+        digest: bytes | None,
+        done: Callable[[PayloadError | None], None],
+    ) -> bool:
+        """Queue ``readings`` without a task or a future per message: ``done(None)`` is called
+        once they are committed (``done(PayloadError)`` if the codec refuses them).
+
+        The MQTT source's fast path: per message it saves the task, the future and the shield
+        of :meth:`submit`. Returns ``False`` (nothing queued) when the queue is full or the
+        batcher closed: the caller then takes :meth:`submit`, which waits or raises.
+        """
+        if self._closed or self._queued >= self._max_pending:
+            return False
+        if not readings:
+            done(None)
+            return True
+        self._enqueue(
+            _Entry(readings, source, digest, asyncio.get_running_loop().time(), done=done)
+        )
+        return True
+
+    def _enqueue(self, entry: _Entry) -> None:
+        self._pending.append(entry)
+        n = len(entry.readings)
+        self._pending_n += n
+        self._queued += n
+        self._last = entry
+        if entry.digest is not None:
+            self._committing[entry.digest] = entry
         if self._pending_n >= self._max_batch:
             self._full.set()
         self._nonempty.set()
-        await asyncio.shield(future)
 
     async def redelivered(self, digest: bytes) -> bool:
         """Whether the message with ``digest`` was committed already (waits if it is being)."""
         if digest in self._recent_set:
             return True
-        future = self._committing.get(digest)
-        if future is None:
+        entry = self._committing.get(digest)
+        if entry is None:
             return False
         try:
-            await asyncio.shield(future)
+            await asyncio.shield(entry.waiter())
         except PayloadError:
             return False
         return True
@@ -173,9 +240,10 @@ class Batcher:
 
     async def drain(self) -> None:
         """Commit everything submitted so far without waiting for the flush interval."""
-        target = self._last
-        if target is None or target.done():
+        last = self._last
+        if last is None or last.resolved:
             return
+        target = last.waiter()
         self._urgent += 1
         self._full.set()
         try:
@@ -259,8 +327,7 @@ class Batcher:
             if entry.digest is not None:
                 self._committing.pop(entry.digest, None)
                 self._remember(entry.digest)
-            if not entry.future.done():
-                entry.future.set_result(None)
+            entry.resolve()
         self._release(n)
         self._stats.count("batches-committed")
         self._stats.count("readings-committed", n)
@@ -285,9 +352,7 @@ class Batcher:
             if entry.digest is not None:
                 self._committing.pop(entry.digest, None)
             self._release(len(entry.readings))
-            if not entry.future.done():
-                entry.future.set_exception(PayloadError("bad-value", problem))
-                entry.future.exception()  # retrieved: the submitter may be gone
+            entry.resolve(PayloadError("bad-value", problem))
         return keep
 
     def _remember(self, digest: bytes) -> None:

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Self
 
 import gmqtt
@@ -83,6 +84,10 @@ def message_digest(mid: int, topic: str, payload: bytes) -> bytes:
     return h.digest()
 
 
+_FastPath = Callable[[int, str | bytes, bytes, dict[str, Any], Callable[[int], None]], bool]
+"""(mid, topic, payload, properties, ack) -> handled: the source's synchronous QoS 1 path."""
+
+
 class _MidHandler(MqttPackageHandler):  # type: ignore[misc]
     """gmqtt's packet handler, also telling ``on_message`` the packet id (``properties['mid']``).
 
@@ -91,10 +96,17 @@ class _MidHandler(MqttPackageHandler):  # type: ignore[misc]
     methods makes the redelivery test fail.)
     """
 
+    cairn_fast: _FastPath | None = None
+
     def _handle_qos_1_publish_packet(
         self, mid: int, packet: bytes, print_topic: str, properties: dict[str, Any]
     ) -> None:
         properties["mid"] = mid
+        fast = self.cairn_fast
+        if fast is not None and not self._optimistic_acknowledgement:
+            ack = functools.partial(self._send_puback, mid)
+            if fast(mid, print_topic, packet, properties, ack):
+                return
         super()._handle_qos_1_publish_packet(mid, packet, print_topic, properties)
 
     def _handle_qos_2_publish_packet(
@@ -107,10 +119,13 @@ class _MidHandler(MqttPackageHandler):  # type: ignore[misc]
 class _Client(gmqtt.Client):  # type: ignore[misc]
     """A gmqtt client that reports a lost connection instead of reconnecting by itself."""
 
-    def __init__(self, client_id: str, lost: asyncio.Event, **kwargs: Any) -> None:
+    def __init__(
+        self, client_id: str, lost: asyncio.Event, fast: _FastPath | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(client_id, **kwargs)
         self._lost_event = lost
         self._package_handler.__class__ = _MidHandler
+        self._package_handler.cairn_fast = fast
 
     async def reconnect(self, delay: bool = False) -> None:  # noqa: ARG002 - gmqtt's signature
         """Called by gmqtt when the connection drops: the source's loop reconnects."""
@@ -147,6 +162,7 @@ class MqttSource:
         client = _Client(
             s.client_id,
             self._lost,
+            self._fast_publish,
             clean_session=False,
             optimistic_acknowledgement=False,
             session_expiry_interval=s.session_expiry_s,
@@ -331,6 +347,40 @@ class MqttSource:
             self._stats.rejected(self.name, "internal-error", repr(exc), payload, str(topic))
             _log.exception("source %s: unexpected error on a message of %r", self.name, topic)
             return PUBACK_UNSPECIFIED
+
+    def _fast_publish(
+        self,
+        mid: int,
+        topic: str | bytes,
+        payload: bytes,
+        properties: dict[str, Any],
+        ack: Callable[[int], None],
+    ) -> bool:
+        """A QoS 1 message without a task per message: parse now, queue the readings with a
+        callback that sends the PUBACK after their commit. Returns ``False`` to leave the
+        message to the awaiting path (:meth:`_on_message`): redeliveries (which may have to
+        wait for a commit in progress), odd topics, a full queue, a closing batcher."""
+        if properties.get("dup") or not isinstance(topic, str):
+            return False
+        try:
+            readings = self._parse(topic, payload)
+        except PayloadError:
+            return False  # the awaiting path counts, logs and answers it
+        except Exception:
+            return False
+        digest = message_digest(mid, topic, payload)
+
+        def done(error: PayloadError | None) -> None:
+            if error is None:
+                ack(PUBACK_SUCCESS)
+            else:
+                self._stats.rejected(self.name, error.reason, error.detail, payload, topic)
+                ack(PUBACK_PAYLOAD_INVALID)
+
+        if not self._sink.submit_nowait(readings, self.name, digest, done):
+            return False
+        self._stats.received(self.name)
+        return True
 
     async def _handle(
         self, topic: str | bytes, payload: bytes, qos: int, properties: dict[str, Any]
