@@ -191,10 +191,12 @@ class Batcher:
         once they are committed (``done(PayloadError)`` if the codec refuses them).
 
         The MQTT source's fast path: per message it saves the task, the future and the shield
-        of :meth:`submit`. Returns ``False`` (nothing queued) when the queue is full or the
-        batcher closed: the caller then takes :meth:`submit`, which waits or raises.
+        of :meth:`submit`. It does not wait for room: its caller is bounded by other means (MQTT
+        flow control: at most ``receive_maximum`` unacknowledged messages of at most 256 KiB).
+        Returns ``False`` (nothing queued) when the batcher is closed: the caller then takes
+        :meth:`submit`, which raises.
         """
-        if self._closed or self._queued >= self._max_pending:
+        if self._closed:
             return False
         if not readings:
             done(None)

@@ -91,7 +91,8 @@ class BufferSettings:
     (a single message with more readings still goes whole), 1..1000000."""
     max_pending_readings: int = bounded(100_000, lo=1, hi=10_000_000)
     """Readings waiting or being committed above which sources wait (backpressure); at least
-    ``max_batch_readings``, at most 10000000."""
+    ``max_batch_readings``, at most 10000000. MQTT sources are bounded by their broker instead:
+    at most ``receive_maximum`` unacknowledged messages each."""
     synchronous: Synchronous = Synchronous.NORMAL
     """``"normal"`` or ``"full"``: SQLite synchronous level of commits (WAL always)."""
 
