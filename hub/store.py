@@ -23,6 +23,7 @@ import base64
 import binascii
 import enum
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -30,8 +31,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
-
-import numpy as np
 
 from contract.codec import Batch, decode_batch
 from contract.errors import CairnError
@@ -146,6 +145,9 @@ class Store(Protocol):
 
 
 def _dump_value(v: Value) -> str:
+    """JSON text of a value (NaN and infinities as Python's json writes them)."""
+    if type(v) is float and math.isfinite(v):
+        return repr(v)  # the same text json.dumps makes, without its machinery
     return json.dumps(v, separators=(",", ":"))
 
 
@@ -291,14 +293,16 @@ class SqliteStore:
             index_rows = []
             latest_rows = []
             for s in batch.series:
-                n = len(s.ts)
+                # A series has a handful of readings per batch: plain Python on lists beats
+                # numpy calls on tiny arrays here (this loop is the per-batch cost).
+                ts = s.ts.tolist()
+                n = len(ts)
                 if n == 0:
                     continue
                 sid = self._series_id(con, (tenant, s.device, s.sensor), now)
-                ts = s.ts
-                last = n - 1 - int(np.argmax(ts[::-1]))  # the newest; the later one on a tie
-                t_max = int(ts[last])
-                index_rows.append((sid, batch_id, int(ts.min()), t_max, n))
+                t_max = max(ts)
+                last = n - 1 - ts[::-1].index(t_max)  # the newest; the later one on a tie
+                index_rows.append((sid, batch_id, min(ts), t_max, n))
                 value, flags = _dump_value(s.values[last]), int(s.flags[last])
                 latest_rows.append((n, t_max, value, t_max, flags, t_max, t_max, sid))
             con.executemany(
