@@ -121,7 +121,6 @@ class Mosquitto(_Server):
             "log_type error",
             "log_type warning",
             "max_queued_messages 1000000",
-            "max_inflight_messages 0",
             "persistence true",
             f"persistence_location {self.folder}/",
         ]

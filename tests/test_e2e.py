@@ -150,3 +150,36 @@ def test_api_requires_a_valid_token(lab: Lab) -> None:
     tampered = ".".join([head, payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB"), sig])
     assert status(tampered)[0] == 401
     assert status(good + "x")[0] == 401
+
+
+async def test_mqtt_flow_control_bounds_what_the_edge_holds(tmp_path: Path) -> None:
+    """The broker never has more than receive_maximum messages unacknowledged at the edge,
+    so a flood waits at the broker, not in the edge's memory: until the first commit, the edge
+    has received exactly receive_maximum messages of the 600 on their way."""
+    settings = LabSettings(
+        tenant="t1",
+        edge_id="edge-flow",
+        receive_maximum=100,
+        flush_interval_ms=3000,
+        max_batch_readings=100_000,
+    )
+    with Lab(tmp_path / "lab", settings) as lab:
+        lab.start(hub=False)
+        fleet = _fleet(devices=200, sensors=1)
+        ledger = await send_fleet(
+            fleet, lab.mosquitto.url, instants=range(3), paced=False, mode="value"
+        )
+        assert ledger.count == 600  # the broker holds them all
+        seen: list[int] = []
+
+        def first_commit() -> bool:
+            st = lab.edge_status()
+            seen.append(st["sources"]["mqtt"]["messages"])
+            return st["buffer"]["readings_unsent"] > 0
+
+        await async_wait_until(first_commit, 30, "the first commit")
+        assert seen[:-1], "the edge committed before the first look"
+        assert max(seen[:-1]) == 100
+        await async_wait_until(
+            lambda: lab.edge_status()["buffer"]["readings_unsent"] == 600, 60, "all committed"
+        )
