@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Final
+from typing import Any
 
 import nats
 import nats.errors
@@ -39,6 +39,7 @@ from contract.names import (
     msg_id,
     telemetry_subject,
 )
+from contract.natsconn import connect_nats
 from contract.signing import sign_batch
 from edge.buffer import Buffer, StoredBatch
 from edge.config import ForwarderSettings
@@ -48,8 +49,6 @@ __all__ = ["Forwarder"]
 
 _log = logging.getLogger(__name__)
 
-_RECONNECT_WAIT_S: Final = 0.5
-_CONNECT_TIMEOUT_S: Final = 5
 
 
 class Forwarder:
@@ -101,37 +100,25 @@ class Forwarder:
     # -------------------------------------------------------------- connection
 
     async def _connect(self) -> NatsClient:
-        backoff = Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
-        url = self._settings.nats_url
-        while True:
-            try:
-                # max_reconnect_attempts=1 makes a first connect to a server that is down fail
-                # (after two tries) instead of looping inside nats-py at its fixed pace; once
-                # connected, reconnects are unlimited (set below).
-                nc = await nats.connect(
-                    url,
-                    name=f"cairn-edge-{self._edge}",
-                    max_reconnect_attempts=1,
-                    reconnect_time_wait=_RECONNECT_WAIT_S,
-                    connect_timeout=_CONNECT_TIMEOUT_S,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    closed_cb=self._on_closed,
-                )
-            except Exception as exc:
-                delay = backoff.next()
-                self._state.last_error = f"connect {url}: {exc or type(exc).__name__}"
-                _log.warning(
-                    "cannot connect to NATS at %s (%s); retrying in %.2f s", url, exc, delay
-                )
-                await asyncio.sleep(delay)
-                continue
-            nc.options["max_reconnect_attempts"] = -1
-            self._nc = nc
-            self._state.connected = True
-            _log.info("connected to NATS at %s; publishing on %s", url, self._subject)
-            return nc
+        def failed(problem: str) -> None:
+            self._state.last_error = problem
+
+        nc = await connect_nats(
+            self._settings.nats_url,
+            f"cairn-edge-{self._edge}",
+            Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s),
+            failed,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+        )
+        self._nc = nc
+        self._state.connected = True
+        _log.info(
+            "connected to NATS at %s; publishing on %s", self._settings.nats_url, self._subject
+        )
+        return nc
 
     async def _on_error(self, exc: Exception) -> None:
         self._state.last_error = f"nats: {exc or type(exc).__name__}"

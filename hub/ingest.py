@@ -38,6 +38,7 @@ from contract.names import (
     STREAM_SUBJECTS,
     parse_telemetry_subject,
 )
+from contract.natsconn import connect_nats
 from hub.config import NatsSettings
 from hub.store import IngestResult, Store
 
@@ -174,34 +175,21 @@ class Ingestor:
             self._decoder.shutdown(wait=True)
 
     async def _connect(self) -> NatsClient:
-        backoff = Backoff(0.1, 5.0)
-        url = self._settings.url
-        while True:
-            try:
-                nc = await nats.connect(
-                    url,
-                    name="cairn-hub-ingest",
-                    max_reconnect_attempts=1,
-                    reconnect_time_wait=0.5,
-                    connect_timeout=2,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
-            except Exception as exc:
-                delay = backoff.next()
-                self.stats.last_error = f"connect {url}: {exc or type(exc).__name__}"
-                _log.warning(
-                    "cannot connect to NATS at %s (%s); retrying in %.2f s", url, exc, delay
-                )
-                await asyncio.sleep(delay)
-                continue
-            # A first connect fails fast (above) so our own backoff paces it; once connected,
-            # reconnect for ever.
-            nc.options["max_reconnect_attempts"] = -1
-            self.stats.connected = True
-            _log.info("connected to NATS at %s", url)
-            return nc
+        def failed(problem: str) -> None:
+            self.stats.last_error = problem
+
+        nc = await connect_nats(
+            self._settings.url,
+            "cairn-hub-ingest",
+            Backoff(0.1, 5.0),
+            failed,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self.stats.connected = True
+        _log.info("connected to NATS at %s", self._settings.url)
+        return nc
 
     async def _on_error(self, exc: Exception) -> None:
         self.stats.last_error = f"nats: {exc or type(exc).__name__}"
