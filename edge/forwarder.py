@@ -50,7 +50,6 @@ __all__ = ["Forwarder"]
 _log = logging.getLogger(__name__)
 
 
-
 class Forwarder:
     """Publishes the buffer's unsent batches to JetStream (see the module docstring)."""
 
