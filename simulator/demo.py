@@ -96,18 +96,28 @@ async def _run(args: argparse.Namespace) -> int:
             send_fleet(fleet, lab.mosquitto.url, instants=None, paced=True, ledger=ledger)
         )
         started = time.monotonic()
+        tty = sys.stdout.isatty()
+        ticks = 0
         while not stop.is_set() and not sender.done():
             line = await asyncio.to_thread(_line, ledger, lab, started)
-            sys.stdout.write(line)
+            if tty:  # one line, rewritten in place
+                sys.stdout.write(line)
+            elif ticks % 10 == 0:  # a log: a line every 10 s
+                sys.stdout.write(line.lstrip("\r") + "\n")
+            ticks += 1
             sys.stdout.flush()
             if args.duration is not None and time.monotonic() - started >= args.duration:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+        final = await asyncio.to_thread(_line, ledger, lab, started)
+        print("\n" + final.lstrip("\r"))
+        if sender.done() and not sender.cancelled() and sender.exception() is not None:
+            print(f"\ncairn demo: the simulated fleet stopped: {sender.exception()}")
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sender
-        print("\ncairn demo: stopping")
+        print("cairn demo: stopping")
     finally:
         await asyncio.to_thread(lab.stop)
     print("cairn demo: every process stopped")

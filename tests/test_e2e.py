@@ -183,3 +183,44 @@ async def test_mqtt_flow_control_bounds_what_the_edge_holds(tmp_path: Path) -> N
         await async_wait_until(
             lambda: lab.edge_status()["buffer"]["readings_unsent"] == 600, 60, "all committed"
         )
+
+
+def test_demo_runs_and_stops_everything(tmp_path: Path) -> None:
+    """The README's first command, minus the setup: the demo comes up, readings reach the hub,
+    it prints a curl line, and every process it started is gone when it stops."""
+    import re
+    import subprocess
+    import sys
+
+    root = tmp_path / "demo"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "demo",
+            "--duration",
+            "6",
+            "--devices",
+            "5",
+            "--dir",
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "every process stopped" in out.stdout
+    stored = [int(m.replace(",", "")) for m in re.findall(r"stored at hub\s+([\d,]+)", out.stdout)]
+    assert stored, out.stdout
+    assert stored[-1] > 0, out.stdout
+    curl = re.search(
+        r'curl -s -H "Authorization: Bearer (\S+)" (http://\S+/latest\?device=\S+)', out.stdout
+    )
+    assert curl is not None, out.stdout
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(root)], capture_output=True, text=True, check=False
+    )
+    assert leftovers.stdout.strip() == "", "processes of the demo still running"
