@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import sqlite3
 import struct
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -30,6 +26,7 @@ from nats.js.api import StreamConfig
 from contract.codec import decode_batch
 from contract.model import Reading
 from contract.names import STREAM_NAME, STREAM_SUBJECTS
+from simulator.lab import ManagedProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -344,38 +341,16 @@ def http_json(url: str) -> Any:
         return json.loads(resp.read())
 
 
-class EdgeProcess:
+class EdgeProcess(ManagedProcess):
     """``python -m edge run --config FILE`` as a real process (admin port from admin.port)."""
 
-    def __init__(
-        self, config: Path, log_level: str = "DEBUG", launcher: tuple[str, ...] = ("-m", "edge")
-    ) -> None:
-        self.config = config
-        self.log_level = log_level
-        self.launcher = launcher
-        self.log = config.with_suffix(".log")
+    def __init__(self, config: Path, log_level: str = "DEBUG") -> None:
+        super().__init__("edge", "edge", config, config.with_suffix(".log"), log_level)
         self.port_file = config.parent / "state" / "admin.port"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> EdgeProcess:
         self.port_file.unlink(missing_ok=True)
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    *self.launcher,
-                    "--log-level",
-                    self.log_level,
-                    "run",
-                    "--config",
-                    str(self.config),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+        super().start()
         return self
 
     async def status(self) -> Any:
@@ -401,18 +376,11 @@ class EdgeProcess:
         await poll(ready, "the edge process to be ready", timeout)
         return latest
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
     def terminate(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+        """SIGTERM; the exit status of the orderly stop."""
+        code = self.stop(timeout)
+        assert code is not None
+        return code
 
 
 # --------------------------------------------------------------------------- buffer file
