@@ -39,10 +39,10 @@ from contract.names import (
     parse_telemetry_subject,
 )
 from contract.natsconn import connect_nats
-from hub.config import NatsSettings
+from hub.config import HubConfig, NatsSettings
 from hub.store import IngestResult, Store
 
-__all__ = ["IngestStats", "Ingestor"]
+__all__ = ["IngestStats", "Ingestor", "ensure_stream"]
 
 _log = logging.getLogger(__name__)
 
@@ -113,6 +113,9 @@ def _prepare(msg: Msg) -> _Prepared | _Rejected:
             batch = decode_batch(msg.data)
         except CodecError as exc:
             raise _Rejected("bad-body", str(exc)) from exc
+        except Exception as exc:  # a decoder bug: keep the batch, keep the loop
+            _log.exception("decoder failed on a batch of %s seq %s", edge, seq)
+            raise _Rejected("bad-body", f"decoder failed: {type(exc).__name__}: {exc}") from exc
         # Signature verification against the enrolled edge key goes here (enrollment
         # issue); until then batches are authenticated by NATS subject permissions only.
     except _Rejected as rej:
@@ -124,13 +127,26 @@ def _prepare_all(msgs: list[Msg]) -> list[_Prepared | _Rejected]:
     return [_prepare(m) for m in msgs]
 
 
+async def ensure_stream(js: Any, settings: NatsSettings) -> None:
+    """Create the telemetry stream, or bring the settings the hub owns up to date."""
+    config = StreamConfig(
+        name=STREAM_NAME,
+        subjects=[STREAM_SUBJECTS],
+        storage=StorageType.FILE,
+        duplicate_window=settings.duplicate_window_s,
+    )
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        # It exists with another configuration: bring what we own up to date.
+        await js.update_stream(config)
+
+
 class Ingestor:
     """Pulls batches from the telemetry stream into the store."""
 
-    def __init__(
-        self, settings: NatsSettings, store: Store, stats: IngestStats | None = None
-    ) -> None:
-        self._settings = settings
+    def __init__(self, config: HubConfig, store: Store, stats: IngestStats | None = None) -> None:
+        self._settings = config.nats
         self._store = store
         self.stats = stats or IngestStats()
         # All store writes happen in this one thread: SQLite has one writer anyway, and the
@@ -147,7 +163,7 @@ class Ingestor:
             backoff = Backoff(0.1, 5.0)
             while True:
                 try:
-                    await self._ensure_stream(js)
+                    await ensure_stream(js, self._settings)
                     psub = await js.pull_subscribe(
                         STREAM_SUBJECTS,
                         durable=CONSUMER_NAME,
@@ -160,7 +176,11 @@ class Ingestor:
                         ),
                     )
                     backoff.reset()
-                    await self._pull_loop(psub)
+                    try:
+                        await self._pull_loop(psub)
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await psub.unsubscribe()
                 except (nats.errors.Error, OSError, TimeoutError, sqlite3.Error) as exc:
                     # sqlite3.Error: the batches of this pull stay unacknowledged and come again.
                     delay = backoff.next()
@@ -203,19 +223,6 @@ class Ingestor:
         self.stats.connected = True
         _log.info("reconnected to NATS")
 
-    async def _ensure_stream(self, js: Any) -> None:
-        config = StreamConfig(
-            name=STREAM_NAME,
-            subjects=[STREAM_SUBJECTS],
-            storage=StorageType.FILE,
-            duplicate_window=self._settings.duplicate_window_s,
-        )
-        try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            # It exists with another configuration: bring what we own up to date.
-            await js.update_stream(config)
-
     async def _pull_loop(self, psub: Any) -> None:
         """Fetch, check and decode a pull while the writer thread stores the previous one;
         ack each batch after its commit. (Decoding beside the commit gains ~20 % of drain
@@ -245,23 +252,51 @@ class Ingestor:
                 await msg.term()
 
     def _store_all(self, msgs: list[Msg], prepared: list[_Prepared | _Rejected]) -> list[bool]:
-        """Store each message (one transaction each); ``False`` means quarantined."""
-        return [self._store_one(m, p) for m, p in zip(msgs, prepared, strict=True)]
+        """Store one pull: the good batches in one transaction (group commit), the rejected
+        ones in quarantine. ``False`` means quarantined (terminate, do not redeliver)."""
+        good: list[tuple[Msg, _Prepared]] = []
+        for msg, p in zip(msgs, prepared, strict=True):
+            if isinstance(p, _Rejected):
+                self._quarantine(msg, p)
+            else:
+                good.append((msg, p))
+        items = [(t, e, s, c, m.data, b) for m, (t, e, s, c, b) in good]
+        try:
+            results = self._store.ingest_many(items) if items else []
+        except sqlite3.Error:
+            raise  # the database, not a batch: retried (the pull is not acknowledged)
+        except Exception:
+            # One of them cannot be stored: find it, one transaction each.
+            stored = {id(m): self._store_one(m, p) for m, p in good}
+        else:
+            for (_msg, p), result in zip(good, results, strict=True):
+                self._count(result, p[4])
+            stored = {id(m): True for m, _p in good}
+        return [stored.get(id(m), False) for m in msgs]
 
-    def _store_one(self, msg: Msg, prepared: _Prepared | _Rejected) -> bool:
-        if isinstance(prepared, _Rejected):
-            self._quarantine(msg, dict(msg.headers or {}), prepared)
-            return False
+    def _store_one(self, msg: Msg, prepared: _Prepared) -> bool:
         tenant, edge, seq, codec, batch = prepared
-        result = self._store.ingest(tenant, edge, seq, codec, msg.data, batch)
+        try:
+            result = self._store.ingest(tenant, edge, seq, codec, msg.data, batch)
+        except sqlite3.Error:
+            raise
+        except Exception as exc:  # this batch cannot be stored: keep it aside, keep the loop
+            _log.exception("store refused batch %s:%s of tenant %s", edge, seq, tenant)
+            self._quarantine(msg, _Rejected("store-refused", f"{type(exc).__name__}: {exc}"))
+            return False
+        self._count(result, batch)
+        return True
+
+    def _count(self, result: IngestResult, batch: Batch) -> None:
         if result is IngestResult.DUPLICATE:
             self.stats.duplicates += 1
         else:
             self.stats.batches_stored += 1
             self.stats.readings_stored += batch.count
-        return True
 
-    def _quarantine(self, msg: Msg, headers: dict[str, str], rej: _Rejected) -> None:
+    def _quarantine(self, msg: Msg, rej: _Rejected) -> None:
+        headers = dict(msg.headers or {})
+        self._store.quarantine(msg.subject, rej.reason, rej.detail, headers, msg.data)
         n = self.stats.quarantined.get(rej.reason, 0) + 1
         self.stats.quarantined[rej.reason] = n
         now = time.monotonic()
@@ -269,4 +304,3 @@ class Ingestor:
             # The first of a reason, then at most one line per reason a minute.
             self._logged[rej.reason] = now
             _log.warning("quarantined a batch on %s (%d so far): %s", msg.subject, n, rej)
-        self._store.quarantine(msg.subject, rej.reason, rej.detail, headers, msg.data)

@@ -21,7 +21,7 @@ from contract.names import (
     msg_id,
     telemetry_subject,
 )
-from hub.config import NatsSettings
+from hub.config import HubConfig, NatsSettings
 from hub.ingest import Ingestor
 from hub.store import SqliteStore
 from simulator.servers import NatsServer
@@ -61,7 +61,7 @@ class _Hub:
         self.ingestor: Ingestor | None = None
 
     def start(self) -> None:
-        self.ingestor = Ingestor(self.settings, self.store)
+        self.ingestor = Ingestor(HubConfig(nats=self.settings), self.store)
         self.task = asyncio.create_task(self.ingestor.run())
 
     async def stop(self) -> None:

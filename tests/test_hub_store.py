@@ -9,7 +9,7 @@ import pytest
 
 from contract.codec import decode_batch, encode_batch
 from contract.model import Reading
-from hub.store import IngestResult, SqliteStore, StoreError
+from hub.store import IngestResult, SensorInfo, SqliteStore, StoreError
 
 
 @pytest.fixture
@@ -128,3 +128,79 @@ def test_reopen_keeps_everything_and_readonly_cannot_write(tmp_path: Path) -> No
 def test_quarantine_is_counted(store: SqliteStore) -> None:
     store.quarantine("cairn.telemetry.t.e", "bad-body", "garbage", {"Cairn-Seq": "1"}, b"\x00")
     assert store.stats()["quarantined"] == 1
+
+
+def test_ingest_many_is_one_by_one_in_one_transaction(tmp_path: Path) -> None:
+    batches = [
+        ("t", "e1", 1, _batch("d1", "temp", [100, 200], 1.0)),
+        ("t", "e1", 2, _batch("d1", "temp", [300, 200], 2.0)),  # newest ts first in the batch
+        ("t", "e1", 1, _batch("d9", "x", [1])),  # the same (edge, seq) again in the group
+        ("t", "e2", 1, _batch("d1", "temp", [300], 3.0)),  # ties ts 300: the later batch wins
+        ("u", "e1", 2, _batch("d1", "temp", [50], 4.0)),
+        ("t", "e1", 3, []),  # an empty batch still takes its seq
+    ]
+    items = []
+    for tenant, edge, seq, readings in batches:
+        body = encode_batch(readings)
+        items.append((tenant, edge, seq, 1, body, decode_batch(body)))
+    grouped = SqliteStore(tmp_path / "grouped.sqlite3")
+    single = SqliteStore(tmp_path / "single.sqlite3")
+    try:
+        results = grouped.ingest_many(items)
+        assert results == [
+            IngestResult.STORED,
+            IngestResult.STORED,
+            IngestResult.DUPLICATE,
+            IngestResult.STORED,
+            IngestResult.STORED,
+            IngestResult.STORED,
+        ]
+        assert [single.ingest(*item) for item in items] == results
+        for s in (grouped, single):
+            assert s.stats("t") == {
+                "batches": 4,
+                "readings": 5,
+                "duplicates_skipped": 1,
+                "quarantined": 0,
+            }
+            [latest] = s.latest("t")
+            assert (latest.ts, latest.value) == (300, 3.0)
+            assert [(x.device, x.ts, x.value) for x in s.latest("u")] == [("d1", 50, 4.0)]
+            edges = {
+                (e["tenant"], e["edge"]): (e["batches"], e["readings"], e["last_seq"])
+                for e in s.edges()
+            }
+            assert edges == {("t", "e1"): (3, 4, 3), ("t", "e2"): (1, 1, 1), ("u", "e1"): (1, 1, 2)}
+            assert [(i.sensor, i.count, i.last_ts) for i in s.sensors("t", "d1")] == [
+                ("temp", 5, 300)
+            ]
+            page, _ = s.readings("t", "d1", "temp", 0, 1000, 10)
+            assert [(r.ts, r.value) for r in page] == [
+                (100, 1.0),
+                (200, 1.01),
+                (200, 2.01),
+                (300, 2.0),
+                (300, 3.0),
+            ]
+    finally:
+        grouped.close()
+        single.close()
+
+
+def test_sensors_of_a_device(store: SqliteStore) -> None:
+    _ingest(
+        store,
+        "t",
+        "e",
+        1,
+        _batch("d1", "b", [1, 2]) + _batch("d1", "a", [5]) + _batch("d2", "c", [1]),
+    )
+    assert store.sensors("t", "d1") == [SensorInfo("a", 1, 5), SensorInfo("b", 2, 2)]
+    assert store.sensors("t", "d3") == []
+    assert store.sensors("other", "d1") == []
+
+
+def test_readonly_without_a_store_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no store at"):
+        SqliteStore(tmp_path / "missing.sqlite3", readonly=True)
+    assert not (tmp_path / "missing.sqlite3").exists()
