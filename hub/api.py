@@ -60,17 +60,19 @@ def _time_param(request: web.Request, name: str, default: int) -> int:
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(raw)
-    except ValueError:
-        raise StoreError(f"{name}: integer microseconds or ISO-8601 time") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        try:
+            dt = datetime.fromisoformat(raw)
+        except ValueError:
+            raise StoreError(f"{name}: integer microseconds or ISO-8601 time") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+        value = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if not _MIN_US <= value <= _MAX_US:
+        raise StoreError(f"{name}: out of range (64-bit microseconds since the epoch)")
+    return value
 
 
 @web.middleware
@@ -160,7 +162,10 @@ async def _readings(request: web.Request) -> web.Response:
 async def _latest(request: web.Request) -> web.Response:
     tenant = _claims(request).tenant
     device = request.query.get("device") or None
-    rows = await asyncio.to_thread(request.app[_STORE].latest, tenant, device)
+    store = request.app[_STORE]
+    if device is not None and not await asyncio.to_thread(store.has_series, tenant, device):
+        return _error(404, "not-found", "no such device")
+    rows = await asyncio.to_thread(store.latest, tenant, device)
     return web.json_response(
         {
             "latest": [

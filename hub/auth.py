@@ -47,13 +47,22 @@ class Claims:
 class TokenAuthority:
     """Issues and verifies the hub's API tokens."""
 
-    def __init__(self, key_path: Path, *, issuer: str, audience: str, leeway_s: int = 30) -> None:
+    def __init__(
+        self,
+        key_path: Path,
+        *,
+        issuer: str,
+        audience: str,
+        leeway_s: int = 30,
+        default_ttl_s: int = 86400,
+    ) -> None:
         self._key: Ed25519PrivateKey = load_or_create_key(key_path)
         self._public: Ed25519PublicKey = self._key.public_key()
         self.kid = hashlib.sha256(public_key_bytes(self._key)).hexdigest()[:16]
         self.issuer = issuer
         self.audience = audience
         self.leeway_s = leeway_s
+        self.default_ttl_s = default_ttl_s
         self._cache: dict[str, Claims] = {}
 
     def public_key_pem(self) -> bytes:
@@ -82,6 +91,17 @@ class TokenAuthority:
             "jti": uuid.uuid4().hex,
         }
         return jwt.encode(claims, self._key, algorithm=_ALGORITHM, headers={"kid": self.kid})
+
+    def issue_token(
+        self, tenant: str, role: str, subject: str | None = None, ttl: int | None = None
+    ) -> str:
+        """:meth:`issue` with the argument order of the API brief; ``ttl`` defaults to the
+        configured ``auth.token_ttl_s``."""
+        return self.issue(tenant, role, self.default_ttl_s if ttl is None else ttl, subject)
+
+    def verify_token(self, token: str) -> Claims:
+        """The same as :meth:`verify`."""
+        return self.verify(token)
 
     def verify(self, token: str) -> Claims:
         """The claims of a valid token; :class:`AuthError` for anything else."""

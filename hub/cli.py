@@ -59,8 +59,7 @@ def _command(args: argparse.Namespace) -> int:
         asyncio.run(run_hub(config))
         return 0
     if args.command == "token":
-        ttl = args.ttl_s if args.ttl_s is not None else config.auth.token_ttl_s
-        print(authority(config).issue(args.tenant, args.role, ttl, args.subject))
+        print(authority(config).issue_token(args.tenant, args.role, args.subject, args.ttl_s))
         return 0
     store = SqliteStore(config.hub.store_path, readonly=True)
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 
@@ -28,11 +27,26 @@ def authority(config: HubConfig) -> TokenAuthority:
         issuer=config.auth.issuer,
         audience=config.auth.audience,
         leeway_s=config.auth.leeway_s,
+        default_ttl_s=config.auth.token_ttl_s,
     )
 
 
+class _Stopped(Exception):  # noqa: N818 - a signal to leave the task group, not an error
+    pass
+
+
+async def _stopped(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise _Stopped
+
+
 async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set or SIGTERM/SIGINT arrives."""
+    """Run store, ingest and API until ``stop`` is set or SIGTERM/SIGINT arrives.
+
+    Ingest runs as a task of one task group with the stop watcher; the API serves from the
+    same event loop. A stop cancels ingest (batches stored but not yet acknowledged come
+    again and are skipped), closes the API, then the store.
+    """
     state = config.hub.state_dir
     try:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -40,7 +54,7 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
         raise ConfigError("hub.state_dir", f"cannot create {state}: {exc.strerror}") from exc
     auth = authority(config)
     store = SqliteStore(config.hub.store_path, config.store.synchronous.value)
-    ingestor = Ingestor(config.nats, store)
+    ingestor = Ingestor(config, store)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -49,20 +63,23 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
     await runner.setup()
     try:
         host, port = config.api_host_port
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ConfigError(
+                "api.listen", f"cannot listen on {host}:{port}: {exc.strerror}"
+            ) from exc
         bound = runner.addresses[0][1] if runner.addresses else port
-        (state / "api.port").write_text(f"{bound}\n")
+        port_file = state / "api.port"
+        port_file.with_suffix(".tmp").write_text(f"{bound}\n")
+        port_file.with_suffix(".tmp").replace(port_file)  # readers never see half a number
         _log.info("hub API on http://%s:%s/api/v1, store %s", host, bound, store.path)
-        ingest = asyncio.create_task(ingestor.run(), name="hub-ingest")
-        waiter = asyncio.create_task(stop.wait(), name="hub-stop")
-        done, _ = await asyncio.wait({ingest, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        ingest.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ingest
-        waiter.cancel()
-        if ingest in done and not ingest.cancelled() and ingest.exception() is not None:
-            raise ingest.exception()  # type: ignore[misc]
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(ingestor.run(), name="hub-ingest")
+                tg.create_task(_stopped(stop), name="hub-stop")
+        except* _Stopped:
+            pass
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -168,6 +168,8 @@ async def test_bad_parameters_are_400_with_json(client: TestClient, auth: TokenA
         "sensor=temp&cursor=%%%",
         "",
         "sensor=temp&limit=100000",
+        "sensor=temp&from=99999999999999999999999",
+        "sensor=temp&to=-99999999999999999999999",
     ):
         resp = await client.get(f"/api/v1/devices/d1/readings?{query}", headers=_h(token))
         assert resp.status == 400, query
@@ -181,3 +183,35 @@ async def test_openapi_lists_every_route(client: TestClient, auth: TokenAuthorit
     token = auth.issue("acme", "operator", 600)
     spec = await (await client.get("/api/v1/openapi.json", headers=_h(token))).json()
     assert set(spec["paths"]) == {path for _m, path, _h, _s in ROUTES}
+
+
+async def test_latest_of_one_device(client: TestClient, auth: TokenAuthority) -> None:
+    token = auth.issue_token("acme", "viewer")
+    body = await (await client.get("/api/v1/latest?device=d1", headers=_h(token))).json()
+    assert {(x["device"], x["sensor"]) for x in body["latest"]} == {
+        ("d1", "temp"),
+        ("d1", "gps"),
+        ("d1", "err"),
+    }
+    for device in ("nope", "secret-device"):  # unknown, or another tenant's
+        resp = await client.get(f"/api/v1/latest?device={device}", headers=_h(token))
+        assert resp.status == 404
+        assert (await resp.json())["error"] == "not-found"
+
+
+async def test_readings_with_iso_times_and_offsets(
+    client: TestClient, auth: TokenAuthority
+) -> None:
+    token = auth.issue_token("acme", "operator", subject="ops@acme", ttl=60)
+    assert auth.verify_token(token).subject == "ops@acme"
+    url = (
+        "/api/v1/devices/d1/readings?sensor=temp"
+        "&from=1970-01-01T02:00:03%2B02:00&to=1970-01-01T00:00:06"
+    )
+    body = await (await client.get(url, headers=_h(token))).json()
+    assert [(r["ts"], r["value"], r["time"]) for r in body["readings"]] == [
+        (3_000_000, 23.0, "1970-01-01T00:00:03.000000Z"),
+        (4_000_000, 24.0, "1970-01-01T00:00:04.000000Z"),
+        (5_000_000, 25.0, "1970-01-01T00:00:05.000000Z"),
+    ]
+    assert body["next_cursor"] is None
