@@ -199,10 +199,11 @@ def main() -> None:
             drains.append(
                 asyncio.run(bench_drain(bodies, Path(tmp), args.fetch_batch, args.synchronous))
             )
-    print(f"store.ingest, decoded before   {_fmt(alone)}")
-    print(f"decode + store.ingest          {_fmt(decode_ingest)}")
-    print(f"store.ingest_many, {args.fetch_batch:<4} a time {_fmt(many)}")
-    print(f"JetStream drain (Ingestor)     {_fmt(drains)}")
+    group = f"store.ingest_many, {args.fetch_batch}/commit"
+    print(f"{'store.ingest, decoded before':<31}{_fmt(alone)}")
+    print(f"{'decode + store.ingest':<31}{_fmt(decode_ingest)}")
+    print(f"{group:<31}{_fmt(many)}")
+    print(f"{'JetStream drain (Ingestor)':<31}{_fmt(drains)}")
     print(f"store file: {db_size / total:.2f} bytes/reading")
 
 

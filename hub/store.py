@@ -12,7 +12,9 @@ row per reading), next to small side tables that must answer at once:
   range query decodes only the batches that overlap it;
 - ``edges``: per edge, counts and the last seq; ``quarantine``: rejected batches with the reason.
 
-Everything one batch changes is one transaction. A query decodes the overlapping batches and
+Everything one batch changes is in one transaction, never split; the ingestor commits each
+pull of batches together (:meth:`SqliteStore.ingest_many`, group commit), because a commit costs
+about a millisecond whatever it holds. A query decodes the overlapping batches and
 merges them; the next step (when series grow long) is a background compaction of many batches
 into per-series chunks, behind this same interface, which a PostgreSQL backend also implements.
 """
