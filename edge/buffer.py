@@ -297,18 +297,6 @@ class Buffer:
             t.readings_unsent -= sum(c for c, _ in marked)
             t.bytes_unsent -= sum(b for _, b in marked)
 
-    async def append_async(
-        self,
-        body: bytes,
-        count: int,
-        t_min: int | None,
-        t_max: int | None,
-        codec: int,
-        digests: bytes = b"",
-    ) -> int:
-        """:meth:`append` in the buffer's writer thread."""
-        return await self.run_in_writer(self.append, body, count, t_min, t_max, codec, digests)
-
     async def mark_sent_async(self, seqs: Sequence[int], sent_us: int | None = None) -> None:
         """:meth:`mark_sent` in the buffer's writer thread."""
         await self.run_in_writer(self.mark_sent, seqs, sent_us)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -12,30 +10,12 @@ from hub.store import SqliteStore
 from simulator.fleet import reading_key
 from simulator.lab import Lab
 from simulator.send import Ledger
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float, what: str, lab: Lab | None = None
-) -> None:
-    """Poll ``predicate`` until it holds or ``timeout`` passes (then fail with the logs)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    logs = ""
-    if lab is not None:
-        logs = f"\n--- edge log ---\n{lab.edge.tail()}\n--- hub log ---\n{lab.hub.tail()}"
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}{logs}")
+from tests.polling import until
 
 
 async def async_wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(predicate):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """Poll a blocking ``predicate`` (lab status over HTTP) off the event loop."""
+    await until(predicate, what, timeout, in_thread=True)
 
 
 def stored_readings(store_path: Path, tenant: str) -> Counter[tuple[object, ...]]:

@@ -13,9 +13,8 @@ import asyncio
 import json
 import sqlite3
 import struct
-import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -27,27 +26,12 @@ from contract.codec import decode_batch
 from contract.model import Reading
 from contract.names import STREAM_NAME, STREAM_SUBJECTS
 from simulator.lab import ManagedProcess
+from tests.polling import until as poll
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------- polling
-
-
-async def poll(
-    predicate: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = 20.0
-) -> None:
-    """Wait until ``predicate()`` holds (checked every 20 ms) or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- MQTT wire

@@ -24,6 +24,7 @@ from contract.names import HDR_CODEC, HDR_EDGE, HDR_MSG_ID, HDR_SEQ, msg_id, tel
 from hub.cli import main
 from hub.config import Synchronous, load_config
 from simulator.servers import NatsServer
+from tests.polling import until
 
 
 def _hub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -158,15 +159,6 @@ async def _wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) 
     raise AssertionError(f"no {path} after {timeout}s")
 
 
-async def _poll(fn: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(fn):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
     tmp_path: Path, nats_server: NatsServer, unique_name: str
 ) -> None:
@@ -226,7 +218,9 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
             headers={HDR_MSG_ID: msg_id(edge, 1), HDR_EDGE: edge, HDR_SEQ: "1", HDR_CODEC: "1"},
         )
         await nc.close()
-        await _poll(lambda: _get(f"{api}/stats", token)[1]["readings"] == 10, 30, "stored")
+        await until(
+            lambda: _get(f"{api}/stats", token)[1]["readings"] == 10, "stored", 30, in_thread=True
+        )
         status, body = await asyncio.to_thread(
             _get, f"{api}/devices/d1/readings?sensor=temp&limit=3", token
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -25,15 +25,7 @@ from hub.config import HubConfig, NatsSettings
 from hub.ingest import Ingestor
 from hub.store import SqliteStore
 from simulator.servers import NatsServer
-
-
-async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.polling import until
 
 
 def _readings(edge: str, seq: int, n: int = 50) -> list[Reading]:
@@ -93,8 +85,8 @@ async def _publish(js, tenant: str, edge: str, seq: int, **kw) -> None:
 
 
 async def _wait_stream(hub: _Hub) -> None:
-    await _until(
-        lambda: hub.ingestor is not None and hub.ingestor.stats.connected, 20, "hub connected"
+    await until(
+        lambda: hub.ingestor is not None and hub.ingestor.stats.connected, "hub connected", 20
     )
     nc, js = await _publisher(hub.settings.url)
     try:
@@ -122,8 +114,8 @@ async def test_each_batch_stored_once_even_when_published_twice(hub: _Hub) -> No
         await _publish(js, "t", "e1", seq)  # same Msg-Id: JetStream drops it
         await _publish(js, "t", "e1", seq, msg=f"late-{seq}")  # beyond JetStream's dedupe
     await nc.close()
-    await _until(lambda: hub.count() == len(expected), 30, "all batches stored")
-    await _until(lambda: hub.ingestor.stats.duplicates == 3, 30, "duplicates seen")  # type: ignore[union-attr]
+    await until(lambda: hub.count() == len(expected), "all batches stored", 30)
+    await until(lambda: hub.ingestor.stats.duplicates == 3, "duplicates seen", 30)  # type: ignore[union-attr]
     stored = Counter((r.device, r.ts, r.value) for r in hub.store.export("t"))
     assert stored == Counter((r.device, r.ts, r.value) for r in expected)
     assert hub.store.stats()["duplicates_skipped"] == 3
@@ -146,7 +138,7 @@ async def test_nats_killed_mid_stream_loses_nothing(hub: _Hub, nats_server: Nats
         else:
             pytest.fail("could not publish after the NATS restart")
     await nc.close()
-    await _until(lambda: hub.count() == 20 * 50, 60, "every batch stored after the restart")
+    await until(lambda: hub.count() == 20 * 50, "every batch stored after the restart", 60)
     assert len({(r.device, r.ts) for r in hub.store.export("t")}) == 20 * 50
 
 
@@ -155,13 +147,13 @@ async def test_hub_restart_resumes_from_the_durable_consumer(hub: _Hub) -> None:
     nc, js = await _publisher(hub.settings.url)
     for seq in range(1, 6):
         await _publish(js, "t", "e1", seq)
-    await _until(lambda: hub.count() == 5 * 50, 30, "first batches")
+    await until(lambda: hub.count() == 5 * 50, "first batches", 30)
     await hub.stop()
     for seq in range(6, 11):
         await _publish(js, "t", "e1", seq)
     await nc.close()
     hub.start()
-    await _until(lambda: hub.count() == 10 * 50, 30, "batches published while the hub was down")
+    await until(lambda: hub.count() == 10 * 50, "batches published while the hub was down", 30)
     assert hub.store.stats()["batches"] == 10
 
 
@@ -176,8 +168,8 @@ async def test_bad_batches_are_quarantined_and_neighbours_kept(hub: _Hub) -> Non
     await js.publish(telemetry_subject("t", "e1"), body, headers={HDR_EDGE: "e1", HDR_SEQ: "x"})
     await _publish(js, "t", "e1", 6)
     await nc.close()
-    await _until(lambda: hub.store.stats()["quarantined"] == 4, 30, "four quarantined")
-    await _until(lambda: hub.count() == 2 * 50, 30, "the good neighbours")
+    await until(lambda: hub.store.stats()["quarantined"] == 4, "four quarantined", 30)
+    await until(lambda: hub.count() == 2 * 50, "the good neighbours", 30)
     assert hub.ingestor is not None
     assert hub.ingestor.stats.quarantined == {
         "bad-body": 1,

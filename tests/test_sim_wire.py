@@ -18,6 +18,7 @@ from gmqtt.mqtt.constants import MQTTv311
 
 from simulator.mqtt_wire import MqttError, MqttPublisher, parse_mqtt_url
 from simulator.servers import Mosquitto, free_port
+from tests.polling import until
 
 
 class Subscriber:
@@ -54,14 +55,6 @@ class Subscriber:
             if time.monotonic() > deadline:
                 raise AssertionError(f"received {len(self.messages)} of {n} messages")
             await asyncio.sleep(0.01)
-
-
-async def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def _publisher(broker: Mosquitto, **kw: Any) -> MqttPublisher:
@@ -175,7 +168,7 @@ async def test_broker_killed_fails_drain_and_publish(
         for i in range(10):
             await pub.publish(unique_name, b"unacked", 1, 100 + i)
         drain = asyncio.create_task(pub.drain(timeout=60))
-        await _until(lambda: pub.in_flight == 10 and not drain.done(), 10, "publishes in flight")
+        await until(lambda: pub.in_flight == 10 and not drain.done(), "publishes in flight", 10)
         mosquitto.kill()
         with pytest.raises(MqttError, match=r"lost .* with 10 publishes unacknowledged"):
             await drain
@@ -193,7 +186,7 @@ async def test_broker_killed_wakes_a_publisher_waiting_for_window_room(
         await pub.publish(unique_name, b"1", 1, 1)
         await pub.publish(unique_name, b"2", 1, 2)
         blocked = asyncio.create_task(pub.publish(unique_name, b"3", 1, 3))
-        await _until(lambda: pub.sent == 2 and not blocked.done(), 10, "a full window")
+        await until(lambda: pub.sent == 2 and not blocked.done(), "a full window", 10)
         mosquitto.kill()
         with pytest.raises(MqttError, match="lost"):
             await blocked
@@ -207,7 +200,7 @@ async def test_keepalive_detects_a_silent_broker(mosquitto: Mosquitto, unique_na
             await pub.publish(unique_name, b"x", 1, 0)
             await pub.drain(timeout=10)
             mosquitto.proc.send_signal(signal.SIGSTOP)
-            await _until(lambda: not pub.connected, 15, "the publisher to give up on the broker")
+            await until(lambda: not pub.connected, "the publisher to give up on the broker", 15)
             with pytest.raises(MqttError, match="did not answer PINGREQ"):
                 await pub.drain()
     finally:

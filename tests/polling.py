@@ -1,0 +1,33 @@
+"""Waiting in tests: poll a condition with a deadline, never sleep for a fixed time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+
+async def until(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    timeout: float = 20.0,
+    *,
+    in_thread: bool = False,
+) -> None:
+    """Wait until ``predicate()`` holds (checked every 20 ms) or fail after ``timeout``.
+
+    ``in_thread`` runs a blocking predicate (an HTTP call, a SQLite read) off the event loop.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if in_thread:
+            result: bool | Awaitable[bool] = await asyncio.to_thread(predicate)
+        else:
+            result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
