@@ -88,6 +88,20 @@ def _fleet(
     return Fleet(spec), instants
 
 
+async def _send(
+    lab: Lab, fleet: Fleet, instants: int, case: _Case, client_id: str, *, paced: bool = False
+) -> None:
+    """Send ``instants`` of ``fleet`` in the case's message format, fast unless ``paced``."""
+    await send_fleet(
+        fleet,
+        lab.mosquitto.url,
+        instants=range(instants),
+        mode=case.mode,
+        paced=paced,
+        client_id=client_id,
+    )
+
+
 def _edge_committed(lab: Lab) -> int:
     buf = lab.edge_status().get("buffer", {})
     return int(buf.get("readings_unsent", 0)) + int(buf.get("readings_sent", 0))
@@ -126,14 +140,7 @@ async def _bare_ceiling(lab: Lab, case: _Case, messages: int) -> float:
     if line.strip() != "ready":
         raise RuntimeError("bare subscriber did not start")
     t0 = time.time()
-    await send_fleet(
-        fleet,
-        lab.mosquitto.url,
-        instants=range(instants),
-        mode=case.mode,
-        paced=False,
-        client_id="bench-bare",
-    )
+    await _send(lab, fleet, instants, case, "bench-bare")
     out = json.loads(await asyncio.to_thread(sub.stdout.readline))
     sub.wait()
     return float(total_msgs / (out["last"] - t0))
@@ -156,14 +163,7 @@ async def _run_case(root: Path, case: _Case, args: argparse.Namespace) -> dict[s
         readings = instants * fleet.spec.devices * case.sensors
         msgs = readings // case.per_message
         t0 = time.time()
-        await send_fleet(
-            fleet,
-            lab.mosquitto.url,
-            instants=range(instants),
-            mode=case.mode,
-            paced=False,
-            client_id="bench-ingest",
-        )
+        await _send(lab, fleet, instants, case, "bench-ingest")
         t1 = await _poll(lambda: _edge_committed(lab) >= readings, 300, "edge to commit the load")
         fig["edge_msgs_per_s"] = msgs / (t1 - t0)
         fig["edge_readings_per_s"] = readings / (t1 - t0)
@@ -183,14 +183,7 @@ async def _run_case(root: Path, case: _Case, args: argparse.Namespace) -> dict[s
         before = lab.hub_stats()["readings"]
         fleet2 = Fleet(FleetSpec(seed=43, devices=fleet.spec.devices, sensors=case.sensors))
         t0 = time.time()
-        await send_fleet(
-            fleet2,
-            lab.mosquitto.url,
-            instants=range(instants),
-            mode=case.mode,
-            paced=False,
-            client_id="bench-e2e",
-        )
+        await _send(lab, fleet2, instants, case, "bench-e2e")
         t1 = await _poll(
             lambda: lab.hub_stats().get("readings", 0) >= before + readings,
             300,
@@ -213,14 +206,7 @@ async def _run_case(root: Path, case: _Case, args: argparse.Namespace) -> dict[s
         n_inst = max(1, int(args.latency_seconds * rate_hz))
         before = lab.hub_stats()["readings"]
         mark_us = spec.start_us
-        await send_fleet(
-            Fleet(spec),
-            lab.mosquitto.url,
-            instants=range(n_inst),
-            mode=case.mode,
-            paced=True,
-            client_id="bench-lat",
-        )
+        await _send(lab, Fleet(spec), n_inst, case, "bench-lat", paced=True)
         expect = before + devices * case.sensors * n_inst
         await _poll(
             lambda: lab.hub_stats().get("readings", 0) >= expect, 300, "hub to store the paced load"
