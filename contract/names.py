@@ -6,6 +6,7 @@ import re
 from typing import Final
 
 __all__ = [
+    "CLOCK_SUBJECT",
     "CONSUMER_NAME",
     "HDR_CODEC",
     "HDR_COUNT",
@@ -13,11 +14,14 @@ __all__ = [
     "HDR_MSG_ID",
     "HDR_SEQ",
     "HDR_SIGNATURE",
+    "STATUS_SUBJECTS",
     "STREAM_NAME",
     "STREAM_SUBJECTS",
     "TOKEN_RE",
     "msg_id",
+    "parse_status_subject",
     "parse_telemetry_subject",
+    "status_subject",
     "telemetry_subject",
 ]
 
@@ -57,3 +61,25 @@ def parse_telemetry_subject(subject: str) -> tuple[str, str] | None:
 def msg_id(edge: str, seq: int) -> str:
     """The ``Nats-Msg-Id`` of batch ``seq`` of ``edge``."""
     return f"{edge}:{seq}"
+
+
+CLOCK_SUBJECT: Final = "cairn.clock"
+"""Core NATS request subject the hub answers with its wall time: ``{"now_us": <int>}``."""
+STATUS_SUBJECTS: Final = "cairn.status.>"
+"""Core NATS subjects of the edges' status documents (``cairn.status.<tenant>.<edge>``)."""
+_STATUS_PREFIX: Final = "cairn.status."
+
+
+def status_subject(tenant: str, edge: str) -> str:
+    """The subject an edge publishes its status document on."""
+    return f"{_STATUS_PREFIX}{tenant}.{edge}"
+
+
+def parse_status_subject(subject: str) -> tuple[str, str] | None:
+    """``(tenant, edge)`` from a status subject, or ``None`` if it is not one."""
+    if not subject.startswith(_STATUS_PREFIX):
+        return None
+    parts = subject[len(_STATUS_PREFIX) :].split(".")
+    if len(parts) != 2 or not all(TOKEN_RE.match(p) for p in parts):
+        return None
+    return parts[0], parts[1]

@@ -347,6 +347,23 @@ class Buffer:
             cur.close()
         return out[:n]
 
+    def unsent_below(self, after_seq: int, below_seq: int, limit: int) -> list[StoredBatch]:
+        """Up to ``limit`` unsent batches with ``after_seq < seq < below_seq``, in seq order
+        (the forwarder's backlog, ahead of which the live batches go)."""
+        with self._rlock:
+            rows = self._r.execute(
+                "SELECT seq, created_us, count, codec, body FROM batches"
+                " WHERE sent_us IS NULL AND seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                (after_seq, below_seq, limit),
+            ).fetchall()
+        return [StoredBatch(*row) for row in rows]
+
+    async def unsent_below_async(
+        self, after_seq: int, below_seq: int, limit: int
+    ) -> list[StoredBatch]:
+        """:meth:`unsent_below` in a worker thread."""
+        return await asyncio.to_thread(self.unsent_below, after_seq, below_seq, limit)
+
     def close(self) -> None:
         """Finish pending writes and close both connections (idempotent)."""
         if self._closed:

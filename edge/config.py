@@ -111,6 +111,29 @@ class ForwarderSettings:
     """First retry delay after a failure (seconds; doubles, with jitter), 0.001..60."""
     backoff_max_s: float = bounded(10.0, lo=0.01, hi=3600.0)
     """Longest retry delay (seconds), at least ``backoff_initial_s``, at most 3600."""
+    live_window_s: float = bounded(10.0, lo=0.05, hi=86_400.0)
+    """Live first: a batch committed less than this many seconds ago (measured on the monotonic
+    clock since the forwarder started) is *live* and is sent ahead of the older *backlog*;
+    everything already in the buffer at start is backlog, 0.05..86400."""
+    backlog_share: float = bounded(0.25, lo=0.01, hi=1.0)
+    """Fraction of ``max_in_flight`` (at least one batch) and of ``uplink_bytes_per_s`` the
+    backlog may use while live batches wait; when none wait it uses all of it, 0.01..1."""
+    uplink_bytes_per_s: int = bounded(0, lo=0, hi=10_000_000_000)
+    """Uplink rate limit in bytes per second of published messages (body + headers + subject),
+    a token bucket holding one second's worth; 0 = unlimited, at most 10000000000."""
+    uplink_bytes_per_day: int = bounded(0, lo=0, hi=10**15)
+    """Uplink budget per UTC day in bytes; when it is spent, forwarding pauses until the next
+    UTC day (the count is kept in ``<data_dir>/uplink-day.json`` across restarts); 0 =
+    unlimited, at most 10**15."""
+    clock_interval_s: float = bounded(60.0, lo=0.0, hi=86_400.0)
+    """How often to ask the hub for its time (``cairn.clock``) to estimate the clock offset,
+    seconds; 0 = never, at most 86400."""
+    clock_warn_offset_s: float = bounded(2.0, lo=0.001, hi=86_400.0)
+    """Log a WARNING when the edge clock is off the hub's by more than this, seconds,
+    0.001..86400."""
+    status_interval_s: float = bounded(30.0, lo=0.0, hi=86_400.0)
+    """How often to publish the status document to the hub (``cairn.status.<tenant>.<edge>``,
+    core NATS), seconds; 0 = never, at most 86400."""
 
 
 @dataclass(frozen=True, slots=True)

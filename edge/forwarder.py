@@ -1,25 +1,43 @@
 """The forwarder: committed batches -> NATS JetStream, each marked sent only on its ack.
 
-It publishes the unsent rows of the buffer in ``seq`` order to
-``cairn.telemetry.<tenant>.<edge>``, each with ``Nats-Msg-Id: <edge>:<seq>`` (JetStream's
-de-duplication key) and the ``Cairn-*`` headers, signed with the edge key, keeping up to
-``max_in_flight`` publishes outstanding. A batch is marked sent when JetStream acknowledges
-it, also when the ack says it was a duplicate (an earlier attempt got through). A failed or
-timed-out publish is retried after a jittered backoff with the same ``Nats-Msg-Id``, so a retry
-of a publish that was stored after all is dropped by JetStream, not stored twice.
+It publishes the unsent rows of the buffer to ``cairn.telemetry.<tenant>.<edge>``, each with
+``Nats-Msg-Id: <edge>:<seq>`` (JetStream's de-duplication key) and the ``Cairn-*`` headers,
+signed with the edge key, keeping up to ``max_in_flight`` publishes outstanding. A batch is
+marked sent when JetStream acknowledges it, also when the ack says it was a duplicate (an
+earlier attempt got through). A failed or timed-out publish is retried after a jittered backoff
+with the same ``Nats-Msg-Id``, so a retry of a publish that was stored after all is dropped by
+JetStream, not stored twice (and by the hub's (edge, seq) key beyond JetStream's window).
 
-The forwarder sleeps on an :class:`asyncio.Event` that the batcher sets on every commit (no
-polling), and after a restart starts again from the unsent rows. It never creates the stream
-(the hub does): while the stream is missing, publishes fail and are retried with backoff.
-Connection: the first connect is retried with jittered, capped backoff for as long as it takes;
-after that nats-py reconnects by itself, forever.
+**Live first.** A batch committed less than ``live_window_s`` ago (monotonic clock, from the
+batcher's commit notifications) is *live*; older unsent batches, and everything already in the
+buffer when the forwarder starts, are the *backlog*. Live batches go first, in seq order; the
+backlog drains alongside, in seq order, with at most ``backlog_share`` of the in-flight window
+and of the byte rate while live batches wait, and all of it when none wait. The hub accepts any
+order. Nothing here depends on the wall clock: a clock jump changes neither order nor timing.
+
+**Uplink** (:mod:`edge.uplink`): optional byte rate and per-UTC-day byte budget; every publish
+attempt is charged. **Clock** (:mod:`edge.clock`): the hub's time is asked for on
+``cairn.clock`` every ``clock_interval_s``. **Status**: the status document is published on
+``cairn.status.<tenant>.<edge>`` (core NATS, fire and forget) every ``status_interval_s``.
+
+The forwarder sleeps on an :class:`asyncio.Event` that the batcher sets on every commit and a
+finishing publish sets too (no polling), and after a restart starts again from the unsent rows.
+It never creates the stream (the hub does): while the stream is missing, publishes fail and are
+retried with backoff. Connection: the first connect is retried with jittered, capped backoff for
+as long as it takes; after that nats-py reconnects by itself, forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
-from typing import Any
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
 
 import nats
 import nats.errors
@@ -30,6 +48,7 @@ from nats.js import JetStreamContext
 
 from contract.backoff import Backoff
 from contract.names import (
+    CLOCK_SUBJECT,
     HDR_CODEC,
     HDR_COUNT,
     HDR_EDGE,
@@ -37,17 +56,55 @@ from contract.names import (
     HDR_SEQ,
     HDR_SIGNATURE,
     msg_id,
+    status_subject,
     telemetry_subject,
 )
 from contract.natsconn import connect_nats
 from contract.signing import sign_batch
 from edge.buffer import Buffer, StoredBatch
+from edge.clock import ClockEstimate
 from edge.config import ForwarderSettings
 from edge.stats import EdgeStats
+from edge.uplink import Uplink, message_bytes
 
-__all__ = ["Forwarder"]
+__all__ = ["MAX_TRACKED_COMMITS", "Forwarder"]
 
 _log = logging.getLogger(__name__)
+
+MAX_TRACKED_COMMITS: Final = 100_000
+"""Commits remembered for the live window at most (older ones count as backlog)."""
+
+StatusSource = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(slots=True)
+class _Item:
+    batch: StoredBatch
+    headers: dict[str, str]
+    nbytes: int
+
+
+@dataclass(slots=True)
+class _Drain:
+    """Live-first bookkeeping, for the status document."""
+
+    live_from: int = 1
+    live_in_flight: int = 0
+    backlog_in_flight: int = 0
+    live_waiting: int = 0
+    backlog_waiting: int = 0
+
+    def in_flight(self) -> int:
+        return self.live_in_flight + self.backlog_in_flight
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "live_from_seq": self.live_from,
+            "live_in_flight": self.live_in_flight,
+            "backlog_in_flight": self.backlog_in_flight,
+            "live_queued": self.live_waiting,
+            "backlog_queued": self.backlog_waiting,
+        }
 
 
 class Forwarder:
@@ -61,6 +118,8 @@ class Forwarder:
         edge_id: str,
         key: Ed25519PrivateKey,
         stats: EdgeStats,
+        *,
+        status: StatusSource | None = None,
     ) -> None:
         self._settings = settings
         self._buffer = buffer
@@ -75,10 +134,35 @@ class Forwarder:
         self._acked_event = asyncio.Event()
         self._nc: NatsClient | None = None
         self._failing = False
+        self.status_source = status
+        """Called every ``status_interval_s`` for the document to publish (None: nothing)."""
+        self._last_seq = buffer.stats().last_seq  # everything up to here is backlog
+        self._commits: deque[tuple[float, int]] = deque(maxlen=MAX_TRACKED_COMMITS)
+        self._claimed: set[int] = set()  # queued, in flight, or acked and not yet marked sent
+        self._drain = _Drain(live_from=self._last_seq + 1)
+        self._uplink = Uplink(
+            buffer.path.parent,
+            settings.uplink_bytes_per_s,
+            settings.uplink_bytes_per_day,
+            settings.backlog_share,
+        )
+        self.clock = ClockEstimate(settings.clock_warn_offset_s)
+        self.status_published = 0
 
-    def notify(self, seq: int = 0) -> None:  # noqa: ARG002 - the batcher's on_commit signature
-        """A batch was committed: look for unsent rows now."""
+    def notify(self, seq: int = 0) -> None:
+        """Batch ``seq`` was committed: it is live for ``live_window_s``; look for it now."""
+        if seq > self._last_seq:
+            self._last_seq = seq
+            self._commits.append((time.monotonic(), seq))
         self._wake.set()
+
+    def status_json(self) -> dict[str, Any]:
+        """The ``drain``, ``uplink`` and ``clock`` parts of the edge's status document."""
+        return {
+            "drain": self._drain.as_json(),
+            "uplink": self._uplink.as_json(),
+            "clock": self.clock.as_json(),
+        }
 
     async def run(self) -> None:
         """Connect, then publish for ever (until cancelled; the connection is closed then)."""
@@ -88,13 +172,46 @@ class Forwarder:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._mark_loop(), name="forwarder-mark-sent")
                 tg.create_task(self._publish_loop(js, tg), name="forwarder-publish")
+                if self._settings.clock_interval_s > 0:
+                    tg.create_task(self._clock_loop(nc), name="forwarder-clock")
+                if self._settings.status_interval_s > 0 and self.status_source is not None:
+                    tg.create_task(self._status_loop(nc), name="forwarder-status")
         finally:
             self._state.connected = False
             self._nc = None
+            self._uplink.close()
             try:
                 await asyncio.wait_for(asyncio.shield(nc.close()), 5)
             except Exception as exc:
                 _log.debug("closing the NATS connection: %s", exc)
+
+    # ------------------------------------------------------------ clock, status
+
+    async def _clock_loop(self, nc: NatsClient) -> None:
+        async def request() -> bytes:
+            msg = await nc.request(CLOCK_SUBJECT, b"", timeout=self._settings.ack_timeout_s)
+            self._uplink.charge(len(CLOCK_SUBJECT) + len(msg.data))
+            return bytes(msg.data)
+
+        while True:
+            if nc.is_connected:
+                await self.clock.measure(request)
+            await asyncio.sleep(self._settings.clock_interval_s)
+
+    async def _status_loop(self, nc: NatsClient) -> None:
+        subject = status_subject(self._tenant, self._edge)
+        assert self.status_source is not None
+        while True:
+            if nc.is_connected:
+                try:
+                    doc = await self.status_source()
+                    data = json.dumps(doc, separators=(",", ":")).encode()
+                    await nc.publish(subject, data)
+                    self._uplink.charge(len(subject) + len(data))
+                    self.status_published += 1
+                except Exception as exc:
+                    _log.warning("cannot publish the status document: %s", exc)
+            await asyncio.sleep(self._settings.status_interval_s)
 
     # -------------------------------------------------------------- connection
 
@@ -138,29 +255,105 @@ class Forwarder:
 
     # ------------------------------------------------------------- publishing
 
+    def _live_from(self) -> int:
+        """The first live seq: the oldest commit within ``live_window_s`` (monotonic clock),
+        or the one after the newest commit seen when none is that recent."""
+        horizon = time.monotonic() - self._settings.live_window_s
+        while self._commits and self._commits[0][0] < horizon:
+            self._commits.popleft()
+        return self._commits[0][1] if self._commits else self._last_seq + 1
+
+    async def _fetch(self, queue: deque[_Item], after: int, below: int | None, page: int) -> int:
+        """Unclaimed unsent rows after ``after`` (and below ``below``) into ``queue``; returns
+        the new cursor (the last row read, claimed or not)."""
+        if below is None:
+            rows = await self._buffer.unsent_async(after, page)
+        else:
+            rows = await self._buffer.unsent_below_async(after, below, page)
+        for batch in rows:
+            if batch.seq not in self._claimed:
+                self._claimed.add(batch.seq)
+                headers = self._headers(batch)
+                queue.append(
+                    _Item(batch, headers, message_bytes(self._subject, headers, batch.body))
+                )
+        return rows[-1].seq if rows else after
+
     async def _publish_loop(self, js: JetStreamContext, tg: asyncio.TaskGroup) -> None:
-        window = asyncio.Semaphore(self._settings.max_in_flight)
-        cursor = 0
-        page = max(self._settings.max_in_flight, 16)
+        """Live first: fill two queues from the buffer, the live batches (seq >= live_from)
+        and the backlog (older), and start a publish whenever the window and the uplink
+        allow. While live batches wait, the backlog gets at most ``backlog_share`` of the
+        window (and of the byte rate); when none wait, all of it. Both go in seq order."""
+        limit = self._settings.max_in_flight
+        backlog_slots = max(1, int(self._settings.backlog_share * limit))
+        page = max(2 * limit, 32)
+        live: deque[_Item] = deque()
+        backlog: deque[_Item] = deque()
+        live_cursor = backlog_cursor = 0
         while True:
-            self._wake.clear()  # before reading: a commit from now on wakes us again
-            batches = await self._buffer.unsent_async(cursor, page)
-            if not batches:
+            self._wake.clear()  # before reading: a commit or an ack from now on wakes us again
+            live_from = self._live_from()
+            self._drain.live_from = live_from
+            if not live:
+                live_cursor = await self._fetch(live, max(live_cursor, live_from - 1), None, page)
+            if not backlog and backlog_cursor + 1 < live_from:
+                backlog_cursor = await self._fetch(backlog, backlog_cursor, live_from, page)
+            self._drain.live_waiting = len(live)
+            self._drain.backlog_waiting = len(backlog)
+            if (not live and not backlog) or self._drain.in_flight() >= limit:
                 await self._wake.wait()
                 continue
-            for batch in batches:
-                await window.acquire()
-                cursor = batch.seq
-                self._state.in_flight += 1
-                tg.create_task(self._publish(js, batch, window), name=f"publish-{batch.seq}")
+            candidates: list[tuple[deque[_Item], bool]] = []
+            if backlog and (not live or self._drain.backlog_in_flight < backlog_slots):
+                candidates.append((backlog, True))
+            if live:
+                candidates.append((live, False))
+            wait = 0.0
+            for queue, is_backlog in candidates:
+                item = queue[0]
+                limited = is_backlog and bool(live)
+                delay = self._uplink.wait_s(item.nbytes, backlog_limited=limited)
+                if delay == 0.0:
+                    queue.popleft()
+                    self._uplink.charge(item.nbytes, backlog=limited)
+                    self._dispatch(js, tg, item, is_backlog)
+                    break
+                wait = delay if wait == 0.0 else min(wait, delay)
+            else:
+                if wait:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                else:
+                    await self._wake.wait()
 
-    async def _publish(
-        self, js: JetStreamContext, batch: StoredBatch, window: asyncio.Semaphore
+    def _dispatch(
+        self, js: JetStreamContext, tg: asyncio.TaskGroup, item: _Item, is_backlog: bool
     ) -> None:
-        headers = self._headers(batch)
+        if is_backlog:
+            self._drain.backlog_in_flight += 1
+        else:
+            self._drain.live_in_flight += 1
+        self._state.in_flight += 1
+        tg.create_task(self._publish(js, item, is_backlog), name=f"publish-{item.batch.seq}")
+
+    async def _gate(self, nbytes: int) -> None:
+        """Wait until the uplink lets a retry of ``nbytes`` go, and charge it."""
+        while True:
+            delay = self._uplink.wait_s(nbytes)
+            if delay <= 0:
+                break
+            await asyncio.sleep(delay)  # a timed wait for tokens, nothing to be woken by
+        self._uplink.charge(nbytes)
+
+    async def _publish(self, js: JetStreamContext, item: _Item, is_backlog: bool) -> None:
+        batch, headers, nbytes = item.batch, item.headers, item.nbytes
         backoff = Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
         try:
+            first = True
             while True:
+                if not first:
+                    await self._gate(nbytes)
+                first = False
                 try:
                     ack = await js.publish(
                         self._subject,
@@ -193,7 +386,11 @@ class Forwarder:
                 break
         finally:
             self._state.in_flight -= 1
-            window.release()
+            if is_backlog:
+                self._drain.backlog_in_flight -= 1
+            else:
+                self._drain.live_in_flight -= 1
+            self._wake.set()
         self._acked.append(batch)
         self._acked_event.set()
 
@@ -229,6 +426,7 @@ class Forwarder:
                     continue
                 backoff.reset()
                 break
+            self._claimed.difference_update(b.seq for b in acked)
             self._stats.count("batches-forwarded", len(acked))
             self._stats.count("readings-forwarded", sum(b.count for b in acked))
             self._state.batches_sent += len(acked)

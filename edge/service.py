@@ -83,7 +83,10 @@ async def _serve(
             "tenant": settings.tenant,
             "buffer": buffer_stats.as_json(),
             **stats.as_json(),
+            **forwarder.status_json(),
         }
+
+    forwarder.status_source = status  # also published to the hub every status_interval_s
 
     admin = AdminServer(config.admin, status, settings.admin_port_path)
     _log.info(

@@ -18,6 +18,7 @@ from contract.errors import AuthError
 from contract.model import Reading, Value
 from hub.auth import Claims, TokenAuthority
 from hub.ingest import IngestStats
+from hub.status import StatusListener
 from hub.store import Store, StoreError
 
 __all__ = ["ROUTES", "make_app"]
@@ -25,6 +26,7 @@ __all__ = ["ROUTES", "make_app"]
 _STORE: Final = web.AppKey("store", Store)
 _AUTH: Final = web.AppKey("auth", TokenAuthority)
 _INGEST: Final = web.AppKey("ingest", IngestStats)
+_STATUS: Final = web.AppKey("status", StatusListener)
 _CLAIMS: Final = web.RequestKey("claims", Claims)
 
 DEFAULT_LIMIT: Final = 1000
@@ -183,18 +185,75 @@ async def _latest(request: web.Request) -> web.Response:
     )
 
 
+def _num(doc: Any, *path: str) -> Any:
+    """``doc[path[0]][path[1]]...`` if it is there and a number or bool or string, else None."""
+    for key in path:
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc if isinstance(doc, int | float | str | bool) else None
+
+
+def _counted(doc: Any, word: str) -> dict[str, int]:
+    """Counters of a status document whose name holds ``word`` (``dropped``, ``refused``):
+    the edge-wide ones as they are, per source as ``<source>.<counter>``."""
+    out: dict[str, int] = {}
+    if not isinstance(doc, dict):
+        return out
+    counters = doc.get("counters")
+    if isinstance(counters, dict):
+        out.update({k: v for k, v in counters.items() if word in k and type(v) is int})
+    sources = doc.get("sources")
+    if isinstance(sources, dict):
+        for name, src in sources.items():
+            if isinstance(src, dict):
+                for k, v in src.items():
+                    if word in k and type(v) is int:
+                        out[f"{name}.{k}"] = v
+    return out
+
+
+def _status_summary(doc: Any, received_us: int) -> dict[str, Any]:
+    """What an operator looks at first, from the latest status document of an edge."""
+    return {
+        "time": _iso(received_us),
+        "age_s": round((datetime.now(tz=UTC).timestamp() * 1e6 - received_us) / 1e6, 1),
+        "connected": _num(doc, "forwarder", "connected"),
+        "clock_offset_ms": _num(doc, "clock", "offset_ms"),
+        "clock_rtt_ms": _num(doc, "clock", "rtt_ms"),
+        "clock_warning": _num(doc, "clock", "warning"),
+        "buffer_batches_unsent": _num(doc, "buffer", "batches_unsent"),
+        "buffer_readings_unsent": _num(doc, "buffer", "readings_unsent"),
+        "oldest_unsent_us": _num(doc, "buffer", "oldest_unsent_us"),
+        "dropped": _counted(doc, "dropped"),
+        "refused": _counted(doc, "refused"),
+        "uplink": doc.get("uplink") if isinstance(doc.get("uplink"), dict) else None,
+    }
+
+
 async def _edges(request: web.Request) -> web.Response:
     tenant = _claims(request).tenant
     rows = await asyncio.to_thread(request.app[_STORE].edges, tenant)
     for r in rows:
-        r["last_time"] = _iso(r["last_us"])
+        r["last_time"] = _iso(r["last_us"]) if r["last_us"] is not None else None
+        doc = r.pop("status")
+        status_us = r.pop("status_us")
+        r["status"] = None if doc is None else _status_summary(doc, status_us)
+        if request.query.get("document") in {"1", "true"}:
+            r["status_document"] = doc
     return web.json_response({"edges": rows})
 
 
 async def _stats(request: web.Request) -> web.Response:
     tenant = _claims(request).tenant
     stats = await asyncio.to_thread(request.app[_STORE].stats, tenant)
-    return web.json_response({**stats, "ingest": request.app[_INGEST].as_dict()})
+    return web.json_response(
+        {
+            **stats,
+            "ingest": request.app[_INGEST].as_dict(),
+            "status": request.app[_STATUS].as_dict(),
+        }
+    )
 
 
 async def _openapi(_request: web.Request) -> web.Response:
@@ -205,7 +264,7 @@ ROUTES: Final[tuple[tuple[str, str, Handler, str], ...]] = (
     ("GET", "/api/v1/devices", _devices, "Devices of the tenant and their sensors"),
     ("GET", "/api/v1/devices/{device}/readings", _readings, "Readings of one sensor in a range"),
     ("GET", "/api/v1/latest", _latest, "Latest value of every sensor"),
-    ("GET", "/api/v1/edges", _edges, "Edges of the tenant with counts"),
+    ("GET", "/api/v1/edges", _edges, "Edges of the tenant with counts and latest status"),
     ("GET", "/api/v1/stats", _stats, "Stored readings and ingest counters"),
     ("GET", "/api/v1/openapi.json", _openapi, "This API's OpenAPI document"),
 )
@@ -223,6 +282,7 @@ def openapi_spec() -> dict[str, Any]:
             {"name": "cursor", "in": "query", "schema": {"type": "string"}},
         ],
         "/api/v1/latest": [{"name": "device", "in": "query", "schema": {"type": "string"}}],
+        "/api/v1/edges": [{"name": "document", "in": "query", "schema": {"type": "string"}}],
     }
     responses = {
         "200": {"description": "OK", "content": {"application/json": {}}},
@@ -253,13 +313,17 @@ def openapi_spec() -> dict[str, Any]:
 
 
 def make_app(
-    store: Store, auth: TokenAuthority, ingest: IngestStats | None = None
+    store: Store,
+    auth: TokenAuthority,
+    ingest: IngestStats | None = None,
+    status: StatusListener | None = None,
 ) -> web.Application:
     """The API application; ``store`` and ``auth`` are shared with the rest of the hub."""
     app = web.Application(middlewares=[_errors_and_auth], client_max_size=64 * 1024)
     app[_STORE] = store
     app[_AUTH] = auth
     app[_INGEST] = ingest or IngestStats()
+    app[_STATUS] = status or StatusListener("", store)
     for method, path, handler, _summary in ROUTES:
         app.router.add_route(method, path, handler)
     return app

@@ -13,6 +13,7 @@ from hub.api import make_app
 from hub.auth import TokenAuthority
 from hub.config import HubConfig
 from hub.ingest import Ingestor
+from hub.status import StatusListener
 from hub.store import SqliteStore
 
 __all__ = ["authority", "run_hub"]
@@ -55,11 +56,12 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
     auth = authority(config)
     store = SqliteStore(config.hub.store_path, config.store.synchronous.value)
     ingestor = Ingestor(config, store)
+    listener = StatusListener(config.nats.url, store)  # cairn.clock and the edges' status
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(make_app(store, auth, ingestor.stats), access_log=None)
+    runner = web.AppRunner(make_app(store, auth, ingestor.stats, listener), access_log=None)
     await runner.setup()
     try:
         host, port = config.api_host_port
@@ -77,6 +79,7 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(ingestor.run(), name="hub-ingest")
+                tg.create_task(listener.run(), name="hub-status")
                 tg.create_task(_stopped(stop), name="hub-stop")
         except* _Stopped:
             pass

@@ -10,7 +10,9 @@ row per reading), next to small side tables that must answer at once:
 - ``series``: the registry of (tenant, device, sensor) as first seen, with the latest value;
 - ``series_batches``: which batches hold readings of a series, and their time range, so a
   range query decodes only the batches that overlap it;
-- ``edges``: per edge, counts and the last seq; ``quarantine``: rejected batches with the reason.
+- ``edges``: per edge, counts and the last seq; ``edge_status``: per edge, the latest status
+  document it published (``cairn.status.<tenant>.<edge>``) and when it arrived;
+  ``quarantine``: rejected batches with the reason.
 
 Everything one batch changes is in one transaction, never split; the ingestor commits each
 pull of batches together (:meth:`SqliteStore.ingest_many`, group commit), because a commit costs
@@ -77,6 +79,9 @@ CREATE TABLE IF NOT EXISTS quarantine(
     id INTEGER PRIMARY KEY, received_us INTEGER NOT NULL, subject TEXT NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL, headers TEXT NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS edge_status(
+    tenant TEXT NOT NULL, edge TEXT NOT NULL, received_us INTEGER NOT NULL,
+    document TEXT NOT NULL, PRIMARY KEY(tenant, edge));
 """
 
 IngestItem = tuple[str, str, int, int, bytes, Batch]
@@ -148,6 +153,9 @@ class Store(Protocol):
     ) -> tuple[list[Reading], str | None]: ...
     def export(self, tenant: str) -> Iterator[Reading]: ...
     def edges(self, tenant: str | None = None) -> list[dict[str, Any]]: ...
+    def put_edge_status(
+        self, tenant: str, edge: str, received_us: int, document: dict[str, Any]
+    ) -> None: ...
     def tenants(self) -> list[str]: ...
     def stats(self, tenant: str | None = None) -> dict[str, int]: ...
     def close(self) -> None: ...
@@ -229,6 +237,8 @@ class SqliteStore:
         self._series_ids: dict[tuple[str, str, str], int] = {}
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._status_lock = threading.Lock()
+        self._status_con: sqlite3.Connection | None = None
         if readonly and not path.is_file():
             raise StoreError(f"no store at {path} (has the hub run with this config?)")
         if not readonly:
@@ -285,6 +295,7 @@ class SqliteStore:
                 con.close()
             self._all.clear()
         self._writer = None
+        self._status_con = None
         self._local = threading.local()
 
     # ----------------------------------------------------------------- ingest
@@ -514,18 +525,63 @@ class SqliteStore:
             yield from decode_batch(body).readings()
 
     def edges(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Every edge that sent batches or a status document: its counts, and the latest
+        status document it published (``status``, ``status_us``; ``None`` if it never did)."""
         q = "SELECT tenant, edge, first_us, last_us, batches, readings, last_seq FROM edges"
         args: tuple[str, ...] = ()
         if tenant is not None:
             q += " WHERE tenant=?"
             args = (tenant,)
         cols = ("tenant", "edge", "first_us", "last_us", "batches", "readings", "last_seq")
-        rows = self._reader().execute(q + " ORDER BY 1, 2", args)
-        return [dict(zip(cols, r, strict=True)) for r in rows]
+        con = self._reader()
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in con.execute(q, args):
+            row = dict(zip(cols, r, strict=True))
+            row["status_us"] = row["status"] = None
+            found[row["tenant"], row["edge"]] = row
+        q = "SELECT tenant, edge, received_us, document FROM edge_status"
+        if tenant is not None:
+            q += " WHERE tenant=?"
+        try:
+            status_rows = con.execute(q, args).fetchall()
+        except sqlite3.OperationalError:  # a store made before edge_status, opened read-only
+            status_rows = []
+        for t, e, received_us, document in status_rows:
+            known = found.get((t, e))
+            if known is None:
+                known = found[t, e] = {
+                    "tenant": t,
+                    "edge": e,
+                    "first_us": None,
+                    "last_us": None,
+                    "batches": 0,
+                    "readings": 0,
+                    "last_seq": None,
+                }
+            known["status_us"] = received_us
+            known["status"] = json.loads(document)
+        return [found[k] for k in sorted(found)]
+
+    def put_edge_status(
+        self, tenant: str, edge: str, received_us: int, document: dict[str, Any]
+    ) -> None:
+        """Keep ``document`` as the latest status of (tenant, edge). Its own connection and
+        lock: the status listener writes beside the ingestor (SQLite serialises the two)."""
+        text = json.dumps(document, separators=(",", ":"))
+        with self._status_lock:
+            if self._status_con is None:
+                self._status_con = self._connect(readonly=False)
+            self._status_con.execute(
+                "INSERT INTO edge_status(tenant, edge, received_us, document) VALUES(?,?,?,?)"
+                " ON CONFLICT(tenant, edge) DO UPDATE SET received_us = excluded.received_us,"
+                " document = excluded.document",
+                (tenant, edge, received_us, text),
+            )
 
     def tenants(self) -> list[str]:
         rows = self._reader().execute(
-            "SELECT tenant FROM series UNION SELECT tenant FROM edges ORDER BY 1"
+            "SELECT tenant FROM series UNION SELECT tenant FROM edges"
+            " UNION SELECT tenant FROM edge_status ORDER BY 1"
         )
         return [r[0] for r in rows]
 
