@@ -78,7 +78,7 @@ class ClockEstimate:
             self.last_error = f"{type(exc).__name__}: {exc}"
             _log.debug("clock request failed: %s", self.last_error)
             return None
-        rtt_us = int((self._mono() - start) * 1_000_000)
+        rtt_us = round((self._mono() - start) * 1_000_000)
         return self.add(hub_us - (sent_wall + rtt_us // 2), rtt_us)
 
     def add(self, offset_us: int, rtt_us: int) -> Sample:

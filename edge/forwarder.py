@@ -158,6 +158,7 @@ class Forwarder:
 
     def status_json(self) -> dict[str, Any]:
         """The ``drain``, ``uplink`` and ``clock`` parts of the edge's status document."""
+        self._drain.live_from = self._live_from()
         return {
             "drain": self._drain.as_json(),
             "uplink": self._uplink.as_json(),
@@ -294,6 +295,8 @@ class Forwarder:
             self._wake.clear()  # before reading: a commit or an ack from now on wakes us again
             live_from = self._live_from()
             self._drain.live_from = live_from
+            while live and live[0].batch.seq < live_from:  # aged while waiting: now backlog
+                self._claimed.discard(live.popleft().batch.seq)
             if not live:
                 live_cursor = await self._fetch(live, max(live_cursor, live_from - 1), None, page)
             if not backlog and backlog_cursor + 1 < live_from:

@@ -208,13 +208,13 @@ class Uplink:
         self.total += n
         now = self._clock()
         self._recent.append((now, n))
-        while self._recent and now - self._recent[0][0] > _RATE_WINDOW_S:
+        while self._recent and now - self._recent[0][0] >= _RATE_WINDOW_S:
             self._recent.popleft()
 
     def rate(self) -> float:
         """Bytes per second over the last few seconds."""
         now = self._clock()
-        while self._recent and now - self._recent[0][0] > _RATE_WINDOW_S:
+        while self._recent and now - self._recent[0][0] >= _RATE_WINDOW_S:
             self._recent.popleft()
         return sum(n for _, n in self._recent) / _RATE_WINDOW_S
 

@@ -8,6 +8,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,13 +37,14 @@ KEY = generate_key()
 TENANT = "acme"
 
 
-def settings(url: str, max_in_flight: int = 4) -> ForwarderSettings:
+def settings(url: str, max_in_flight: int = 4, **kw: Any) -> ForwarderSettings:
     return ForwarderSettings(
         nats_url=url,
         max_in_flight=max_in_flight,
         ack_timeout_s=1.0,
         backoff_initial_s=0.02,
         backoff_max_s=0.3,
+        **kw,
     )
 
 
@@ -65,10 +67,10 @@ def buffer(tmp_path: Path) -> Iterator[Buffer]:
 
 @contextlib.asynccontextmanager
 async def forwarding(
-    buffer: Buffer, url: str, edge: str, max_in_flight: int = 4
+    buffer: Buffer, url: str, edge: str, max_in_flight: int = 4, **kw: Any
 ) -> AsyncIterator[tuple[Forwarder, EdgeStats]]:
     stats = EdgeStats()
-    forwarder = Forwarder(settings(url, max_in_flight), buffer, TENANT, edge, KEY, stats)
+    forwarder = Forwarder(settings(url, max_in_flight, **kw), buffer, TENANT, edge, KEY, stats)
     task = asyncio.create_task(forwarder.run())
     try:
         yield forwarder, stats
@@ -229,3 +231,44 @@ async def test_a_restarted_edge_resumes_from_the_unsent_rows(
         buffer.close()
     msgs = await stream_messages(nats_server.url)
     assert sorted(int(m.headers[HDR_SEQ]) for m in msgs) == list(range(1, 11))
+
+
+def commit(buffer: Buffer, forwarder: Forwarder, n: int, first: int) -> list[int]:
+    """Commit ``n`` batches and tell the forwarder, as the batcher does (with the seq)."""
+    seqs = add_batches(buffer, n, first)
+    for seq in seqs:
+        forwarder.notify(seq)
+    return seqs
+
+
+async def test_live_batches_go_ahead_of_the_backlog(
+    buffer: Buffer, nats_server: NatsServer, unique_name: str
+) -> None:
+    # The hub (its stream) is away: 1,000 batches wait from before a restart, 1,000 more are
+    # committed while the forwarder runs and retries; both are backlog once older than the
+    # live window.
+    before = add_batches(buffer, 1000)
+    async with forwarding(
+        buffer, nats_server.url, unique_name, live_window_s=0.3, backlog_share=0.25
+    ) as (forwarder, stats):
+        during = commit(buffer, forwarder, 1000, first=1000)
+        backlog = set(before + during)
+        await poll(
+            lambda: forwarder.status_json()["drain"]["live_from_seq"] > max(backlog),
+            "the outage's batches to leave the live window",
+        )
+        live = commit(buffer, forwarder, 3, first=2000)  # fresh data as the link returns
+        await create_stream(nats_server.url)
+        await poll(lambda: unsent(buffer) < 1700, "the backlog to drain for a while", 60)
+        later = commit(buffer, forwarder, 3, first=2003)  # fresh data while it drains
+        await poll(lambda: unsent(buffer) == 0, "every batch acknowledged", 60)
+        assert stats.forwarder.batches_sent == 2006
+    order = [int(m.headers[HDR_SEQ]) for m in await stream_messages(nats_server.url)]
+    assert sorted(order) == list(range(1, 2007))  # every batch exactly once
+    position = {seq: i for i, seq in enumerate(order)}
+    last_backlog = max(position[s] for s in backlog)
+    # The fresh batches of the link's return are among the first ones stored (behind at most
+    # the window's worth of backlog retries, max_in_flight = 4), and those of the drain are stored before the
+    # backlog is finished.
+    assert max(position[s] for s in live) < 4 + len(live)
+    assert max(position[s] for s in later) < last_backlog

@@ -180,3 +180,52 @@ async def test_bad_batches_are_quarantined_and_neighbours_kept(hub: _Hub) -> Non
     con = hub.store._reader()
     reasons = sorted(r[0] for r in con.execute("SELECT reason FROM quarantine"))
     assert reasons == ["bad-body", "bad-header", "edge-mismatch", "unknown-codec"]
+
+
+async def test_a_batch_resent_beyond_the_duplicate_window_is_stored_once(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """The same Nats-Msg-Id again after JetStream's window (1 s here; hours in real life, after
+    a lost ack and an edge crash): JetStream stores it again, the hub's (edge, seq) key keeps
+    one copy and counts the other as a duplicate."""
+    h = _Hub(nats_server.url, tmp_path / "store.sqlite3")
+    h.settings = NatsSettings(url=nats_server.url, fetch_batch=16, duplicate_window_s=1)
+    h.start()
+    try:
+        await _wait_stream(h)
+        nc, js = await _publisher(nats_server.url)
+        try:
+            for seq in (1, 2, 3):
+                await _publish(js, "t", "e1", seq)
+            await until(lambda: h.count() == 3 * 50, "three batches stored", 30)
+            body = encode_batch(_readings("e1", 2))
+            subject = telemetry_subject("t", "e1")
+            dropped = 0
+            deadline = time.monotonic() + 30
+            while True:  # re-send batch 2 until JetStream no longer knows its Msg-Id
+                ack = await js.publish(subject, body, headers=_headers("e1", 2))
+                if not ack.duplicate:
+                    break
+                dropped += 1
+                assert time.monotonic() < deadline, "the duplicate window never passed"
+                await asyncio.sleep(0.1)  # pacing the re-sends, not waiting for a result
+            assert dropped >= 1  # within the window JetStream dropped it itself
+            info = await js.stream_info("CAIRN_TELEMETRY")
+            assert info.state.messages == 4  # the stream holds batch 2 twice
+        finally:
+            await nc.close()
+        assert h.ingestor is not None
+        ingestor = h.ingestor
+        await until(lambda: ingestor.stats.duplicates == 1, "the hub to see the duplicate", 30)
+        assert h.store.stats() == {
+            "batches": 3,
+            "readings": 3 * 50,
+            "duplicates_skipped": 1,
+            "quarantined": 0,
+        }
+        stored = Counter((r.device, r.ts) for r in h.store.export("t"))
+        assert set(stored.values()) == {1}
+        assert len(stored) == 3 * 50
+    finally:
+        await h.stop()
+        h.store.close()
