@@ -194,10 +194,14 @@ class Forwarder:
             self._uplink.charge(len(CLOCK_SUBJECT) + len(msg.data))
             return bytes(msg.data)
 
+        interval = self._settings.clock_interval_s
+        retry = Backoff(min(1.0, interval), interval)  # no answer yet (hub not up): ask sooner
         while True:
-            if nc.is_connected:
-                await self.clock.measure(request)
-            await asyncio.sleep(self._settings.clock_interval_s)
+            if nc.is_connected and await self.clock.measure(request) is not None:
+                retry.reset()
+                await asyncio.sleep(interval)
+            else:
+                await asyncio.sleep(retry.next())
 
     async def _status_loop(self, nc: NatsClient) -> None:
         subject = status_subject(self._tenant, self._edge)

@@ -92,7 +92,11 @@ async def test_in_process_from_mqtt_to_jetstream_with_the_status_api(
     assert sum(int(m.headers[HDR_COUNT]) for m in msgs) == 42
 
     st = await status()
-    assert set(st) == {"edge", "tenant", "buffer", "counters", "sources", "forwarder"}
+    assert set(st) == {"edge", "tenant", "buffer", "counters", "sources", "forwarder"} | {
+        "drain",
+        "uplink",
+        "clock",
+    }
     assert (st["edge"], st["tenant"]) == ("e-1", "t-1")
     buffer = st["buffer"]
     assert isinstance(buffer, dict)
