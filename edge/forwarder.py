@@ -140,6 +140,7 @@ class Forwarder:
         self._commits: deque[tuple[float, int]] = deque(maxlen=MAX_TRACKED_COMMITS)
         self._claimed: set[int] = set()  # queued, in flight, or acked and not yet marked sent
         self._drain = _Drain(live_from=self._last_seq + 1)
+        self._committed = False  # a commit since the last look for live rows
         self._uplink = Uplink(
             buffer.path.parent,
             settings.uplink_bytes_per_s,
@@ -154,6 +155,7 @@ class Forwarder:
         if seq > self._last_seq:
             self._last_seq = seq
             self._commits.append((time.monotonic(), seq))
+        self._committed = True
         self._wake.set()
 
     def status_json(self) -> dict[str, Any]:
@@ -268,9 +270,11 @@ class Forwarder:
             self._commits.popleft()
         return self._commits[0][1] if self._commits else self._last_seq + 1
 
-    async def _fetch(self, queue: deque[_Item], after: int, below: int | None, page: int) -> int:
+    async def _fetch(
+        self, queue: deque[_Item], after: int, below: int | None, page: int
+    ) -> tuple[int, bool]:
         """Unclaimed unsent rows after ``after`` (and below ``below``) into ``queue``; returns
-        the new cursor (the last row read, claimed or not)."""
+        the new cursor (the last row read, claimed or not) and whether the page was full."""
         if below is None:
             rows = await self._buffer.unsent_async(after, page)
         else:
@@ -282,7 +286,7 @@ class Forwarder:
                 queue.append(
                     _Item(batch, headers, message_bytes(self._subject, headers, batch.body))
                 )
-        return rows[-1].seq if rows else after
+        return (rows[-1].seq if rows else after), len(rows) == page
 
     async def _publish_loop(self, js: JetStreamContext, tg: asyncio.TaskGroup) -> None:
         """Live first: fill two queues from the buffer, the live batches (seq >= live_from)
@@ -295,16 +299,22 @@ class Forwarder:
         live: deque[_Item] = deque()
         backlog: deque[_Item] = deque()
         live_cursor = backlog_cursor = 0
+        live_more = True  # rows may wait past live_cursor (a full page, or a commit since)
+        backlog_read_below = 0  # the backlog below this was read to its end
         while True:
             self._wake.clear()  # before reading: a commit or an ack from now on wakes us again
             live_from = self._live_from()
             self._drain.live_from = live_from
             while live and live[0].batch.seq < live_from:  # aged while waiting: now backlog
                 self._claimed.discard(live.popleft().batch.seq)
-            if not live:
-                live_cursor = await self._fetch(live, max(live_cursor, live_from - 1), None, page)
-            if not backlog and backlog_cursor + 1 < live_from:
-                backlog_cursor = await self._fetch(backlog, backlog_cursor, live_from, page)
+            if not live and (live_more or self._committed):
+                self._committed = False
+                live_cursor, live_more = await self._fetch(
+                    live, max(live_cursor, live_from - 1), None, page
+                )
+            if not backlog and backlog_cursor + 1 < live_from and backlog_read_below < live_from:
+                backlog_cursor, more = await self._fetch(backlog, backlog_cursor, live_from, page)
+                backlog_read_below = 0 if more else live_from
             self._drain.live_waiting = len(live)
             self._drain.backlog_waiting = len(backlog)
             if (not live and not backlog) or self._drain.in_flight() >= limit:
