@@ -12,10 +12,20 @@ writer thread, so the event loop keeps receiving meanwhile. One flush runs at a 
 readings accumulate during it. ``max_pending_readings`` bounds what waits or is being
 committed: :meth:`~Batcher.submit` waits while that many are queued (backpressure).
 
-A failed commit (disk full, I/O error) is logged, counted and retried with backoff; its
-submitters keep waiting (nothing is acknowledged that is not committed, nothing is dropped).
-The one exception is a submit the codec cannot carry: it fails with ``PayloadError('bad-value')``
-alone, its neighbours are committed.
+A commit that does not go through (the disk budget under ``refuse-new``, a full disk, an I/O
+error) is logged, counted and retried with backoff, and :attr:`Batcher.state` says why. What
+happens to its readings depends on the submit: a *held* submit (``hold=True``, and every
+:meth:`~Batcher.submit_nowait`: MQTT, whose broker keeps an unacknowledged message and sends it
+again) keeps waiting for a later commit; any other submit (serial, BLE, HTTP: sources that
+cannot wait) fails at once with :class:`~edge.buffer.BufferFullError`, its readings counted as
+refused. Nothing is acknowledged that is not committed. Under ``drop-oldest`` the buffer makes
+room itself and the readings of the batches it deletes are counted as dropped, per source. A
+submit the codec cannot carry fails with ``PayloadError('bad-value')`` alone, its neighbours
+are committed; so does one submit larger than the whole budget (``PayloadError('too-large')``).
+
+Housekeeping: every :data:`MAINTAIN_INTERVAL_S` the flush loop's sibling runs
+:meth:`edge.buffer.Buffer.maintain` (sent history, age limit, space reclaim) in the writer
+thread.
 
 Redelivery dedupe: a submit may carry the 8-byte digest of its MQTT message. Digests are stored
 with their batch row; the digests of the latest ``digest_window`` committed messages are kept in
@@ -37,16 +47,20 @@ from contract.backoff import Backoff
 from contract.codec import CODEC_VERSION, encode_batch
 from contract.errors import CairnError, CodecError, PayloadError
 from contract.model import Reading
-from edge.buffer import DIGEST_SIZE, Buffer
+from edge.buffer import DIGEST_SIZE, Appended, Buffer, BufferFullError, Dropped
 from edge.config import BufferSettings
 from edge.stats import EdgeStats
 
-__all__ = ["Batcher", "BatcherClosedError", "Sink"]
+__all__ = ["MAINTAIN_INTERVAL_S", "Batcher", "BatcherClosedError", "Sink"]
 
 _log = logging.getLogger(__name__)
 
-_RETRY_INITIAL_S: Final = 0.1
-_RETRY_MAX_S: Final = 10.0
+_RETRY_INITIAL_S: Final = 0.05
+_RETRY_MAX_S: Final = 1.0
+"""Longest wait between two commit attempts while the buffer is full or failing."""
+MAINTAIN_INTERVAL_S: Final = 10.0
+"""Seconds between two runs of :meth:`edge.buffer.Buffer.maintain`."""
+STATE_OK: Final = "ok"
 
 
 class BatcherClosedError(CairnError):
@@ -60,7 +74,12 @@ class Sink(Protocol):
     """What a source hands its readings to (implemented by :class:`Batcher`)."""
 
     async def submit(
-        self, readings: Sequence[Reading], source: str, digest: bytes | None = None
+        self,
+        readings: Sequence[Reading],
+        source: str,
+        digest: bytes | None = None,
+        *,
+        hold: bool = False,
     ) -> None: ...
 
     def submit_nowait(
@@ -82,12 +101,14 @@ class _Entry:
     source: str
     digest: bytes | None
     arrived: float
+    hold: bool = True
+    """Wait for room when the buffer refuses a commit (else fail with BufferFullError)."""
     future: asyncio.Future[None] | None = None
     """For awaiting submitters; made on demand for callback entries (drain, redelivery)."""
     done: Callable[[PayloadError | None], None] | None = None
     """For :meth:`Batcher.submit_nowait`: called with ``None`` once committed, or the error."""
     resolved: bool = False
-    error: PayloadError | None = None
+    error: CairnError | None = None
 
     def waiter(self) -> asyncio.Future[None]:
         """A future that completes with this entry (already complete if it has)."""
@@ -97,16 +118,17 @@ class _Entry:
                 _settle(self.future, self.error)
         return self.future
 
-    def resolve(self, error: PayloadError | None = None) -> None:
+    def resolve(self, error: CairnError | None = None) -> None:
         self.resolved = True
         self.error = error
         if self.future is not None:
             _settle(self.future, error)
         if self.done is not None:
+            assert error is None or isinstance(error, PayloadError)  # held: never refused
             self.done(error)
 
 
-def _settle(future: asyncio.Future[None], error: PayloadError | None) -> None:
+def _settle(future: asyncio.Future[None], error: CairnError | None) -> None:
     if future.done():
         return
     if error is None:
@@ -149,6 +171,8 @@ class Batcher:
         self._committing: dict[bytes, _Entry] = {}
         self._recent: deque[bytes] = deque()
         self._recent_set: set[bytes] = set()
+        self.state = STATE_OK
+        """``ok``, or why commits do not go through now (``full: ...``, ``disk-error: ...``)."""
 
     # ---------------------------------------------------------------- sources
 
@@ -158,13 +182,21 @@ class Batcher:
         return self._queued
 
     async def submit(
-        self, readings: Sequence[Reading], source: str, digest: bytes | None = None
+        self,
+        readings: Sequence[Reading],
+        source: str,
+        digest: bytes | None = None,
+        *,
+        hold: bool = False,
     ) -> None:
         """Return once ``readings`` are committed in the buffer.
 
         Waits first while ``max_pending_readings`` are queued. Raises
-        :class:`BatcherClosedError` on shutdown and ``PayloadError('bad-value')`` if the codec
-        cannot carry these readings; nothing else.
+        :class:`BatcherClosedError` on shutdown, ``PayloadError('bad-value')`` if the codec
+        cannot carry these readings, ``PayloadError('too-large')`` if they alone exceed the
+        disk budget, and, unless ``hold``, :class:`~edge.buffer.BufferFullError` when the
+        buffer refuses commits (readings counted as refused); nothing else. With ``hold`` it
+        waits until a commit goes through instead.
         """
         if digest is not None and len(digest) != DIGEST_SIZE:
             raise ValueError(f"digest must be {DIGEST_SIZE} bytes")
@@ -176,7 +208,9 @@ class Batcher:
         if self._closed:
             raise BatcherClosedError
         loop = asyncio.get_running_loop()
-        entry = _Entry(readings, source, digest, loop.time(), future=loop.create_future())
+        entry = _Entry(
+            readings, source, digest, loop.time(), hold=hold, future=loop.create_future()
+        )
         self._enqueue(entry)
         await asyncio.shield(entry.waiter())
 
@@ -264,7 +298,26 @@ class Batcher:
         await self.drain()
 
     async def run(self) -> None:
-        """The flush loop; runs until cancelled."""
+        """The flush loop and the buffer's housekeeping; run until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._maintain_loop(), name="buffer-maintenance")
+            await self._flush_loop()
+
+    async def _maintain_loop(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTAIN_INTERVAL_S)
+            await self.maintain()
+
+    async def maintain(self) -> None:
+        """Run the buffer's housekeeping now (counts what the age limit dropped)."""
+        try:
+            dropped = await self._buffer.run_in_writer(self._buffer.maintain)
+        except Exception as exc:
+            _log.warning("buffer housekeeping failed (%s); trying again later", exc)
+            return
+        self._count_dropped(dropped, f"older than {self._buffer.limits.max_age_s:.0f} s")
+
+    async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._nonempty.wait()
@@ -302,26 +355,85 @@ class Batcher:
         backoff = Backoff(_RETRY_INITIAL_S, _RETRY_MAX_S)
         while take:
             try:
-                seq = await self._buffer.run_in_writer(_seal, self._buffer, take)
+                appended = await self._buffer.run_in_writer(_seal, self._buffer, take)
             except CodecError:
                 take = await self._drop_unencodable(take)
                 continue
+            except BufferFullError as exc:
+                if self._buffer.limits.policy == "drop-oldest":
+                    take = self._split_too_large(take, exc)  # nothing left to drop
+                    continue
+                take = self._refused(take, exc, backoff)
             except Exception as exc:
-                self._stats.count("commit-errors")
-                delay = backoff.next()
-                _log.exception(
-                    "commit of %d readings failed (%s); retrying in %.2f s; their messages stay"
-                    " unacknowledged meanwhile",
-                    sum(len(e.readings) for e in take),
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            self._committed(seq, take)
-            return
+                take = self._refused(take, BufferFullError("disk-error", str(exc)), backoff)
+            else:
+                self._committed(appended, take)
+                return
+            if take:
+                await asyncio.sleep(backoff.next())
 
-    def _committed(self, seq: int, take: list[_Entry]) -> None:
+    def _refused(self, take: list[_Entry], exc: BufferFullError, backoff: Backoff) -> list[_Entry]:
+        """A commit did not go through: fail what cannot wait (here and queued), keep the
+        held entries for the next attempt."""
+        self._stats.count("commit-errors")
+        state = f"{exc.reason}: {exc.detail}"
+        if state != self.state:
+            (_log.error if exc.reason == "disk-error" else _log.warning)(
+                "buffer refuses commits (%s); held messages stay unacknowledged, other"
+                " readings are refused, until a commit goes through (retrying)",
+                state,
+            )
+        self.state = state
+        keep = [e for e in take if e.hold]
+        for entry in take:
+            if not entry.hold:
+                self._refuse(entry, exc)
+        if any(not e.hold for e in self._pending):
+            pending = list(self._pending)
+            self._pending.clear()
+            for entry in pending:
+                if entry.hold:
+                    self._pending.append(entry)
+                else:
+                    self._pending_n -= len(entry.readings)
+                    self._refuse(entry, exc)
+            if not self._pending:
+                self._nonempty.clear()
+        if not keep:
+            backoff.reset()
+        return keep
+
+    def _refuse(self, entry: _Entry, exc: BufferFullError) -> None:
+        self._stats.refused(entry.source, exc.reason, len(entry.readings), exc.detail)
+        if entry.digest is not None:
+            self._committing.pop(entry.digest, None)
+        self._release(len(entry.readings))
+        entry.resolve(exc)
+
+    def _split_too_large(self, take: list[_Entry], exc: BufferFullError) -> list[_Entry]:
+        """Under ``drop-oldest`` a batch that does not fit is larger than the whole budget:
+        commit fewer submits at once; one submit alone that large fails."""
+        if len(take) > 1:
+            half = len(take) // 2
+            for entry in reversed(take[half:]):
+                self._pending.appendleft(entry)
+                self._pending_n += len(entry.readings)
+            self._nonempty.set()
+            return take[:half]
+        entry = take[0]
+        _log.warning(
+            "%d readings from %s exceed the buffer budget", len(entry.readings), entry.source
+        )
+        if entry.digest is not None:
+            self._committing.pop(entry.digest, None)
+        self._release(len(entry.readings))
+        entry.resolve(PayloadError("too-large", f"larger than the buffer budget ({exc.detail})"))
+        return []
+
+    def _committed(self, appended: Appended, take: list[_Entry]) -> None:
+        if self.state != STATE_OK:
+            _log.info("buffer commits again (was %s)", self.state)
+            self.state = STATE_OK
         n = 0
         for entry in take:
             n += len(entry.readings)
@@ -333,9 +445,18 @@ class Batcher:
         self._release(n)
         self._stats.count("batches-committed")
         self._stats.count("readings-committed", n)
-        _log.debug("committed batch %d: %d readings from %d submits", seq, n, len(take))
+        self._count_dropped(appended.dropped, "the disk budget is reached (drop-oldest)")
+        _log.debug("committed batch %d: %d readings from %d submits", appended.seq, n, len(take))
         if self._on_commit is not None:
-            self._on_commit(seq)
+            self._on_commit(appended.seq)
+
+    def _count_dropped(self, dropped: Dropped | None, why: str) -> None:
+        if dropped is None:
+            return
+        for source, n in dropped.sources.items():
+            self._stats.dropped(
+                source, dropped.reason, n, f"{dropped.batches} unsent batches deleted: {why}"
+            )
 
     def _release(self, n: int) -> None:
         self._queued -= n
@@ -366,13 +487,18 @@ class Batcher:
         self._recent_set.add(digest)
 
 
-def _seal(buffer: Buffer, take: list[_Entry]) -> int:
+def _seal(buffer: Buffer, take: list[_Entry]) -> Appended:
     """Encode and store one batch (runs in the buffer's writer thread)."""
     readings = [r for entry in take for r in entry.readings]
     body = encode_batch(readings)
     digests = b"".join(entry.digest for entry in take if entry.digest is not None)
+    sources: dict[str, int] = {}
+    for entry in take:
+        sources[entry.source] = sources.get(entry.source, 0) + len(entry.readings)
     ts = [r.ts for r in readings]
-    return buffer.append(body, len(readings), min(ts), max(ts), CODEC_VERSION, digests)
+    return buffer.append_batch(
+        body, len(readings), min(ts), max(ts), CODEC_VERSION, digests, sources
+    )
 
 
 def _codec_problems(take: list[_Entry]) -> list[str | None]:

@@ -6,11 +6,23 @@ One row per committed batch (the group commit of a flush)::
             created_us, count, t_min, t_max,         -- when sealed; readings; their ts range
             codec, body BLOB,                        -- contract.codec version and bytes
             digests BLOB,                            -- 8-byte digests of the MQTT messages in it
+            sources TEXT,                            -- JSON {source: readings} of the batch
             sent_us)                                 -- when JetStream acked it (NULL: unsent)
 
-plus a partial index on the unsent rows and a ``meta`` table holding the schema version. The
-journal is WAL; ``synchronous`` comes from the config. Sent rows stay in place for now
-(retention and disk budgets come later).
+plus partial indexes on the unsent and the sent rows and a ``meta`` table (schema version,
+budget). The journal is WAL; ``synchronous`` comes from the config (``full`` by default).
+
+Disk budget (:class:`BufferLimits`): the database file plus its WAL stay within ``max_bytes``.
+A part of the budget (1/16, 256 KiB..16 MiB) is kept for the WAL, whose checkpoints are sized
+to fit it; the rest bounds the pages in use, counted exactly by SQLite (``page_count -
+freelist_count``) inside the transaction that adds a batch. To make room, a commit first
+deletes the oldest *sent* batches (the local history), then, under ``drop-oldest``, the oldest
+unsent ones (returned as :class:`Dropped`, so their readings are counted per source); under
+``refuse-new``, or when even that is not enough, the commit is rolled back and
+:class:`BufferFullError` raised. Pages freed by deletes are reused first; ``auto_vacuum =
+INCREMENTAL`` lets :meth:`Buffer.maintain` give them back to the file system when many are free,
+so the file shrinks after a backlog drained. :meth:`Buffer.maintain` also removes sent batches
+older than ``sent_history_s`` and, if ``max_age_s`` is set, unsent ones older than that.
 
 Threads: writes go through one connection used from one dedicated thread (``*_async`` write
 methods run there, so the event loop never waits on a commit); reads use a second connection
@@ -23,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
+import math
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -38,17 +52,22 @@ from contract.model import now_us
 __all__ = [
     "DIGEST_SIZE",
     "SCHEMA_VERSION",
+    "Appended",
     "Buffer",
     "BufferFileError",
+    "BufferFullError",
+    "BufferLimits",
     "BufferStats",
+    "Dropped",
     "StoredBatch",
     "read_stats",
 ]
 
 _log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
-"""Version of the buffer schema this code writes (``meta.schema_version``)."""
+SCHEMA_VERSION: Final = 2
+"""Version of the buffer schema this code writes (``meta.schema_version``). Version 1 files
+(no ``sources`` column, no auto-vacuum) are upgraded in place when opened."""
 DIGEST_SIZE: Final = 8
 """Bytes of one message digest in ``batches.digests``."""
 _BUSY_TIMEOUT_MS: Final = 5_000
@@ -69,10 +88,22 @@ CREATE TABLE IF NOT EXISTS batches (
     codec      INTEGER NOT NULL,
     body       BLOB    NOT NULL,
     digests    BLOB    NOT NULL DEFAULT x'',
-    sent_us    INTEGER
+    sent_us    INTEGER,
+    sources    TEXT    NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS batches_unsent ON batches (seq) WHERE sent_us IS NULL;
+CREATE INDEX IF NOT EXISTS batches_sent ON batches (seq) WHERE sent_us IS NOT NULL;
 """
+_MIB: Final = 1 << 20
+_WAL_RESERVE_MIN: Final = 256 * 1024
+_WAL_RESERVE_MAX: Final = 16 * _MIB
+_ROW_OVERHEAD: Final = 96
+"""Bytes of a row besides its body, digests and sources (header, integers, index entries)."""
+_PRUNE_CHUNK: Final = 2_000
+"""Rows deleted per transaction by :meth:`Buffer.maintain` (keeps each write lock short)."""
+_VACUUM_FREE_FRACTION: Final = 0.25
+""":meth:`Buffer.maintain` returns free pages to the file system when more than this fraction
+of the file's pages (and at least 1 MiB) are free."""
 
 _TOTALS_SQL: Final = """
 SELECT count(*), coalesce(sum(count), 0), coalesce(sum(length(body)), 0),
@@ -94,6 +125,69 @@ class BufferFileError(CairnError):
         super().__init__(f"buffer {path}: {problem}")
 
 
+class BufferFullError(CairnError):
+    """A batch was not committed: the buffer is full (``refuse-new``) or cannot be written.
+
+    ``reason`` is ``"full"`` (the disk budget) or ``"disk-error"`` (ENOSPC, I/O error...)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"buffer {reason}: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class BufferLimits:
+    """How much the buffer may hold and what gives way when it is full."""
+
+    max_bytes: int = 1 << 30
+    """Budget of the database file plus its WAL, in bytes (at least 1 MiB)."""
+    policy: str = "drop-oldest"
+    """``"drop-oldest"`` (unsent batches, oldest first, give way to new ones) or
+    ``"refuse-new"`` (new batches are refused while the unsent ones fill the budget)."""
+    sent_history_s: float = 86_400.0
+    """Sent batches are kept this long (seconds) for local history, while space allows."""
+    max_age_s: float = 0.0
+    """Unsent batches older than this (seconds) are dropped; 0 = no age limit."""
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < _MIB:
+            raise ValueError(f"max_bytes must be at least {_MIB}, got {self.max_bytes}")
+        if self.policy not in {"drop-oldest", "refuse-new"}:
+            raise ValueError(f"policy must be drop-oldest or refuse-new, not {self.policy!r}")
+
+    @property
+    def wal_reserve(self) -> int:
+        """Bytes of the budget kept for the WAL."""
+        return min(max(self.max_bytes // 16, _WAL_RESERVE_MIN), _WAL_RESERVE_MAX)
+
+    @property
+    def data_limit(self) -> int:
+        """Bytes of database pages in use that the buffer never exceeds."""
+        return self.max_bytes - self.wal_reserve
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Unsent batches deleted unsent (by the budget or the age limit)."""
+
+    batches: int
+    readings: int
+    sources: dict[str, int]
+    """Readings per source."""
+    reason: str
+    """``"full"`` (the budget, policy ``drop-oldest``) or ``"age"`` (``max_age_s``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What :meth:`Buffer.append_batch` did."""
+
+    seq: int
+    dropped: Dropped | None
+    """Unsent batches deleted to make room (policy ``drop-oldest``), if any."""
+
+
 @dataclass(frozen=True, slots=True)
 class BufferStats:
     """Counts of what the buffer holds."""
@@ -110,6 +204,12 @@ class BufferStats:
     """``created_us`` of the oldest unsent batch (``None`` when all are sent)."""
     last_seq: int
     """The newest batch's ``seq`` (0 when there is none)."""
+    max_bytes: int = 0
+    """The budget of ``file_bytes`` (0 if unknown)."""
+    used_bytes: int = 0
+    """Bytes of database pages in use (what the budget bounds, besides the WAL)."""
+    policy: str = ""
+    """What gives way when the budget is reached: ``drop-oldest`` or ``refuse-new``."""
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,17 +235,69 @@ class _Totals:
     readings_unsent: int = 0
     bytes_unsent: int = 0
 
+    def remove(self, count: int, length: int, *, sent: bool) -> None:
+        self.batches -= 1
+        self.readings -= count
+        self.bytes -= length
+        if not sent:
+            self.batches_unsent -= 1
+            self.readings_unsent -= count
+            self.bytes_unsent -= length
+
+
+class _DropTally:
+    """Unsent rows deleted in one go, summed per source."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.batches = 0
+        self.readings = 0
+        self.sources: dict[str, int] = {}
+
+    def add(self, count: int, sources: str) -> None:
+        self.batches += 1
+        self.readings += count
+        try:
+            per_source = json.loads(sources)
+        except ValueError:
+            per_source = {}
+        if not isinstance(per_source, dict) or sum(per_source.values()) != count:
+            per_source = {"unknown": count}  # a version 1 row: no sources recorded
+        for name, n in per_source.items():
+            self.sources[name] = self.sources.get(name, 0) + int(n)
+
+    def result(self) -> Dropped | None:
+        if not self.batches:
+            return None
+        return Dropped(self.batches, self.readings, dict(self.sources), self.reason)
+
 
 def _file_bytes(path: Path) -> int:
     total = 0
-    for p in (path, path.with_name(path.name + "-wal")):
+    for p in (path, _wal_path(path)):
         with contextlib.suppress(FileNotFoundError):
             total += p.stat().st_size
     return total
 
 
+def _wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    return int((pages - free) * size)
+
+
 def _totals(conn: sqlite3.Connection) -> _Totals:
     return _Totals(*conn.execute(_TOTALS_SQL).fetchone())
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _stats(conn: sqlite3.Connection, totals: _Totals, path: Path) -> BufferStats:
@@ -160,6 +312,9 @@ def _stats(conn: sqlite3.Connection, totals: _Totals, path: Path) -> BufferStats
         file_bytes=_file_bytes(path),
         oldest_unsent_us=oldest[0] if oldest else None,
         last_seq=int(last_seq),
+        max_bytes=int(_meta(conn, "max_bytes") or 0),
+        used_bytes=_used_bytes(conn),
+        policy=_meta(conn, "policy") or "",
     )
 
 
@@ -181,7 +336,7 @@ def read_stats(path: Path) -> BufferStats:
         conn.close()
 
 
-def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+def _check_schema(conn: sqlite3.Connection, path: Path) -> int:
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     except sqlite3.DatabaseError as exc:
@@ -192,42 +347,45 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
         raise BufferFileError(
             path, f"schema version {row[0]} is newer than this cairn-edge ({SCHEMA_VERSION})"
         )
+    return int(row[0])
+
+
+def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring a file written by an older cairn-edge to :data:`SCHEMA_VERSION` (idempotent)."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if not has_meta:
+        return  # a new file (or not ours: _check_schema says so)
+    version = _check_schema(conn, path)
+    if version < 2:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(batches)")}
+        if "sources" not in columns:
+            conn.execute("ALTER TABLE batches ADD COLUMN sources TEXT NOT NULL DEFAULT '{}'")
+        _log.info("buffer %s: upgrading from schema version %d", path, version)
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")  # auto_vacuum takes effect on an existing file only so
 
 
 class Buffer:
     """The SQLite buffer of one edge (see the module docstring)."""
 
-    def __init__(self, path: Path, synchronous: str = "normal") -> None:
+    def __init__(
+        self, path: Path, synchronous: str = "full", limits: BufferLimits | None = None
+    ) -> None:
         if synchronous.lower() not in {"normal", "full"}:
             raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
         self.path = path
+        self.limits = limits if limits is not None else BufferLimits()
+        self._synchronous = synchronous.upper()
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
         self._closed = False
+        self._w = self._open_writer(first=True)
         try:
-            self._w = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise BufferFileError(path, f"cannot open: {exc}") from exc
-        try:
-            self._w.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            mode = self._w.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise BufferFileError(path, f"cannot switch to WAL (journal_mode is {mode})")  # noqa: TRY301
-            self._w.execute(f"PRAGMA synchronous = {synchronous.upper()}")
-            self._w.execute("BEGIN IMMEDIATE")
-            try:
-                for stmt in filter(str.strip, _SCHEMA.split(";")):
-                    self._w.execute(stmt)
-                self._w.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-                self._w.execute("COMMIT")
-            except BaseException:
-                self._w.execute("ROLLBACK")
-                raise
-            _check_schema(self._w, path)
             self._totals = _totals(self._w)
+            self._page_size = int(self._w.execute("PRAGMA page_size").fetchone()[0])
             self._r = sqlite3.connect(
                 f"{path.absolute().as_uri()}?mode=ro", uri=True, check_same_thread=False
             )
@@ -235,11 +393,57 @@ class Buffer:
         except sqlite3.DatabaseError as exc:
             self._w.close()
             raise BufferFileError(path, f"cannot use: {exc}") from exc
-        except BaseException:
-            self._w.close()
-            raise
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cairn-buffer-write")
-        _log.debug("buffer %s open: %s", path, self._totals)
+        _log.debug("buffer %s open: %s, %s", path, self._totals, self.limits)
+
+    def _open_writer(self, *, first: bool) -> sqlite3.Connection:
+        path = self.path
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise BufferFileError(path, f"cannot open: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # effective on a new file
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise BufferFileError(path, f"cannot switch to WAL (journal_mode is {mode})")  # noqa: TRY301
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            reserve = self.limits.wal_reserve
+            conn.execute(f"PRAGMA wal_autocheckpoint = {max(reserve // 2 // page_size, 16)}")
+            conn.execute(f"PRAGMA journal_size_limit = {reserve // 2}")
+            if first:
+                _upgrade(conn, path)
+                self._create_schema(conn)
+            _check_schema(conn, path)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise BufferFileError(path, f"cannot use: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(stmt)
+            meta = {
+                "schema_version": str(SCHEMA_VERSION),
+                "max_bytes": str(self.limits.max_bytes),
+                "policy": self.limits.policy,
+            }
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                meta.items(),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     # ------------------------------------------------------------------ writes
 
@@ -252,24 +456,136 @@ class Buffer:
         codec: int,
         digests: bytes = b"",
     ) -> int:
-        """Store one sealed batch in one transaction; returns its ``seq``."""
+        """Store one sealed batch in one transaction; returns its ``seq``.
+
+        Raises :class:`BufferFullError` if it does not fit (see :meth:`append_batch`)."""
+        return self.append_batch(body, count, t_min, t_max, codec, digests).seq
+
+    def append_batch(
+        self,
+        body: bytes,
+        count: int,
+        t_min: int | None,
+        t_max: int | None,
+        codec: int,
+        digests: bytes = b"",
+        sources: dict[str, int] | None = None,
+    ) -> Appended:
+        """Store one sealed batch in one transaction, within the disk budget.
+
+        Deletes the oldest sent batches, then (``drop-oldest``) the oldest unsent ones, as
+        needed to keep the pages in use within the budget. Raises :class:`BufferFullError`
+        (nothing changed) when the batch does not fit: always under ``refuse-new`` once the
+        unsent batches fill the budget; under ``drop-oldest`` only if the batch alone is
+        larger than the budget. ``sources`` (readings per source) defaults to ``{"unknown":
+        count}``; it says whose readings a later drop loses.
+        """
         if len(digests) % DIGEST_SIZE:
             raise ValueError(f"digests must be a multiple of {DIGEST_SIZE} bytes")
+        sources_json = json.dumps(
+            sources if sources is not None else {"unknown": count}, separators=(",", ":")
+        )
+        need = len(body) + len(digests) + len(sources_json) + _ROW_OVERHEAD
+        drops = _DropTally("full")
         with self._wlock:
-            cur = self._w.execute(
-                "INSERT INTO batches (created_us, count, t_min, t_max, codec, body, digests)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (now_us(), count, t_min, t_max, codec, body, digests),
+            totals = _Totals(**asdict(self._totals))
+            self._begin()
+            try:
+                self._make_room(need, totals, drops)
+                cur = self._w.execute(
+                    "INSERT INTO batches"
+                    " (created_us, count, t_min, t_max, codec, body, digests, sources)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (now_us(), count, t_min, t_max, codec, body, digests, sources_json),
+                )
+                seq = int(cur.lastrowid or 0)
+                # The estimate may fall short (B-tree splits): correct with the exact count.
+                self._make_room(0, totals, drops, keep=seq)
+                self._w.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            totals.batches += 1
+            totals.readings += count
+            totals.bytes += len(body)
+            totals.batches_unsent += 1
+            totals.readings_unsent += count
+            totals.bytes_unsent += len(body)
+            self._totals = totals
+            self._keep_wal_small()
+        return Appended(seq, drops.result())
+
+    def _begin(self) -> None:
+        try:
+            self._w.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            self._reset_writer()
+            raise
+
+    def _rollback(self) -> None:
+        """Roll back after a failed statement; reopens the connection if even that fails."""
+        if not self._w.in_transaction:
+            return
+        try:
+            self._w.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            _log.warning("buffer %s: rollback failed (%s); reopening the database", self.path, exc)
+            self._reset_writer()
+
+    def _reset_writer(self) -> None:
+        """A fresh writer connection (after I/O errors); keeps the old one if this fails."""
+        try:
+            fresh = self._open_writer(first=False)
+        except (BufferFileError, sqlite3.Error) as exc:
+            _log.debug("buffer %s: cannot reopen yet: %s", self.path, exc)
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self._w.close()
+        self._w = fresh
+
+    def _make_room(
+        self, need: int, totals: _Totals, drops: _DropTally, keep: int | None = None
+    ) -> None:
+        """Delete rows, oldest sent first, until ``need`` more bytes fit (in the open
+        transaction); raises :class:`BufferFullError` if they cannot."""
+        limit = self.limits.data_limit
+        page = self._page_size
+        while _used_bytes(self._w) + math.ceil(need / page) * page > limit:
+            row = self._w.execute(
+                "DELETE FROM batches WHERE seq = (SELECT seq FROM batches"
+                " WHERE sent_us IS NOT NULL AND seq IS NOT ? ORDER BY seq LIMIT 1)"
+                " RETURNING count, length(body)",
+                (keep,),
+            ).fetchone()
+            if row is not None:
+                totals.remove(row[0], row[1], sent=True)
+                continue
+            if self.limits.policy == "drop-oldest":
+                row = self._w.execute(
+                    "DELETE FROM batches WHERE seq = (SELECT seq FROM batches"
+                    " WHERE sent_us IS NULL AND seq IS NOT ? ORDER BY seq LIMIT 1)"
+                    " RETURNING count, length(body), sources",
+                    (keep,),
+                ).fetchone()
+                if row is not None:
+                    totals.remove(row[0], row[1], sent=False)
+                    drops.add(row[0], row[2])
+                    continue
+            used = _used_bytes(self._w)
+            raise BufferFullError(
+                "full",
+                f"{used} of {limit} bytes in use by unsent batches; the batch needs {need}"
+                f" (policy {self.limits.policy})",
             )
-            seq = int(cur.lastrowid or 0)
-            t = self._totals
-            t.batches += 1
-            t.readings += count
-            t.bytes += len(body)
-            t.batches_unsent += 1
-            t.readings_unsent += count
-            t.bytes_unsent += len(body)
-        return seq
+
+    def _keep_wal_small(self) -> None:
+        """Truncate the WAL if it outgrew its share of the budget (a reader held a
+        checkpoint back)."""
+        try:
+            if _wal_path(self.path).stat().st_size > self.limits.wal_reserve:
+                self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (OSError, sqlite3.Error) as exc:
+            _log.debug("buffer %s: WAL checkpoint: %s", self.path, exc)
 
     def mark_sent(self, seqs: Sequence[int], sent_us: int | None = None) -> None:
         """Record that JetStream acknowledged the batches ``seqs`` (one transaction)."""
@@ -277,7 +593,7 @@ class Buffer:
             return
         sent_us = now_us() if sent_us is None else sent_us
         with self._wlock:
-            self._w.execute("BEGIN IMMEDIATE")
+            self._begin()
             marked: list[tuple[int, int]] = []
             try:
                 for seq in seqs:
@@ -290,7 +606,7 @@ class Buffer:
                     )
                 self._w.execute("COMMIT")
             except BaseException:
-                self._w.execute("ROLLBACK")
+                self._rollback()
                 raise
             t = self._totals
             t.batches_unsent -= len(marked)
@@ -300,6 +616,57 @@ class Buffer:
     async def mark_sent_async(self, seqs: Sequence[int], sent_us: int | None = None) -> None:
         """:meth:`mark_sent` in the buffer's writer thread."""
         await self.run_in_writer(self.mark_sent, seqs, sent_us)
+
+    def maintain(self, now: int | None = None) -> Dropped | None:
+        """Housekeeping (a few times a minute): delete sent batches older than
+        ``sent_history_s`` and, with ``max_age_s``, unsent ones older than that (returned);
+        return free pages to the file system when many are free. Short transactions."""
+        now = now_us() if now is None else now
+        limits = self.limits
+        self._delete_older(
+            "sent_us IS NOT NULL AND sent_us < ?", now - int(limits.sent_history_s * 1e6), None
+        )
+        drops = _DropTally("age")
+        if limits.max_age_s > 0:
+            self._delete_older(
+                "sent_us IS NULL AND created_us < ?", now - int(limits.max_age_s * 1e6), drops
+            )
+        self._vacuum_if_worth_it()
+        return drops.result()
+
+    def _delete_older(self, where: str, cutoff: int, drops: _DropTally | None) -> None:
+        while True:
+            with self._wlock:
+                totals = _Totals(**asdict(self._totals))
+                self._begin()
+                try:
+                    rows = self._w.execute(
+                        f"DELETE FROM batches WHERE seq IN (SELECT seq FROM batches WHERE {where}"  # noqa: S608 - constant fragments
+                        " ORDER BY seq LIMIT ?) RETURNING count, length(body), sources, sent_us",
+                        (cutoff, _PRUNE_CHUNK),
+                    ).fetchall()
+                    self._w.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+                for count, length, sources, sent_us in rows:
+                    totals.remove(count, length, sent=sent_us is not None)
+                    if drops is not None:
+                        drops.add(count, sources)
+                self._totals = totals
+            if len(rows) < _PRUNE_CHUNK:
+                return
+
+    def _vacuum_if_worth_it(self) -> None:
+        with self._wlock:
+            pages = self._w.execute("PRAGMA page_count").fetchone()[0]
+            free = self._w.execute("PRAGMA freelist_count").fetchone()[0]
+            if free * self._page_size < _MIB or free < pages * _VACUUM_FREE_FRACTION:
+                return
+            # executescript steps the pragma to its end (execute() frees a single page)
+            self._w.executescript("PRAGMA incremental_vacuum;")
+            self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _log.debug("buffer %s: returned %d free pages of %d", self.path, free, pages)
 
     async def run_in_writer(
         self, func: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
@@ -325,7 +692,7 @@ class Buffer:
         return await asyncio.to_thread(self.unsent, after_seq, limit)
 
     def stats(self) -> BufferStats:
-        """What the buffer holds now (counts kept in memory, two indexed look-ups)."""
+        """What the buffer holds now (counts kept in memory, a few indexed look-ups)."""
         with self._wlock:
             totals = _Totals(**asdict(self._totals))
         with self._rlock:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from contract.errors import ConfigError
 from contract.names import TOKEN_RE
 from contract.settings import bounded, read_toml, section, split_host_port, table
+from edge.buffer import BufferLimits
 from edge.sources.topics import TopicPattern, filters_overlap
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "EdgeConfig",
     "EdgeSettings",
     "ForwarderSettings",
+    "FullPolicy",
     "MqttSettings",
     "PayloadFormat",
     "Synchronous",
@@ -52,7 +54,17 @@ class Synchronous(StrEnum):
     NORMAL = "normal"
     """A process crash loses no commit; a power loss may roll back the last ones."""
     FULL = "full"
-    """Commits also survive a power loss, if the disk honours fsync (about 2x slower)."""
+    """Commits also survive a power loss, if the disk honours fsync."""
+
+
+class FullPolicy(StrEnum):
+    """What gives way when the buffer's disk budget is reached."""
+
+    DROP_OLDEST = "drop-oldest"
+    """The oldest unsent batches are deleted to make room for new ones (counted as dropped)."""
+    REFUSE_NEW = "refuse-new"
+    """New readings are refused: MQTT messages stay unacknowledged (the broker keeps and
+    resends them), other sources count them as refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +105,29 @@ class BufferSettings:
     """Readings waiting or being committed above which sources wait (backpressure); at least
     ``max_batch_readings``, at most 10000000. MQTT sources are bounded by their broker instead:
     at most ``receive_maximum`` unacknowledged messages each."""
-    synchronous: Synchronous = Synchronous.NORMAL
-    """``"normal"`` or ``"full"``: SQLite synchronous level of commits (WAL always)."""
+    synchronous: Synchronous = Synchronous.FULL
+    """``"full"`` or ``"normal"``: SQLite synchronous level of commits (WAL always). ``full``
+    keeps every acknowledged reading through a power loss (if the disk honours fsync);
+    ``normal`` only through a crash of the process."""
+    max_bytes: int = bounded(1 << 30, lo=1 << 20, hi=1 << 50)
+    """Disk budget of the buffer file plus its WAL, bytes (1 GiB by default; at least 1 MiB).
+    Sent batches kept as history give way first; then ``full_policy`` applies."""
+    full_policy: FullPolicy = FullPolicy.DROP_OLDEST
+    """``"drop-oldest"`` or ``"refuse-new"``: what gives way when unsent batches fill
+    ``max_bytes``."""
+    sent_history_s: int = bounded(86_400, lo=0, hi=366 * 86_400)
+    """Keep sent batches this long (seconds) as local history, while the budget allows."""
+    max_age_s: int = bounded(0, lo=0, hi=10 * 366 * 86_400)
+    """Drop unsent batches older than this many seconds (by the edge's clock); 0 = never."""
+
+    @property
+    def limits(self) -> BufferLimits:
+        return BufferLimits(
+            max_bytes=self.max_bytes,
+            policy=self.full_policy.value,
+            sent_history_s=float(self.sent_history_s),
+            max_age_s=float(self.max_age_s),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ async def run_edge(
             "edge.data_dir", f"cannot create {settings.data_dir}: {exc.strerror}"
         ) from exc
     key = load_or_create_key(settings.key_path)
-    buffer = Buffer(settings.buffer_path, config.buffer.synchronous.value)
+    buffer = Buffer(settings.buffer_path, config.buffer.synchronous.value, config.buffer.limits)
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
@@ -81,7 +81,7 @@ async def _serve(
         return {
             "edge": settings.id,
             "tenant": settings.tenant,
-            "buffer": buffer_stats.as_json(),
+            "buffer": {**buffer_stats.as_json(), "state": batcher.state},
             **stats.as_json(),
             **forwarder.status_json(),
         }

@@ -44,6 +44,8 @@ COUNTER_KEYS: Final = (
     "batches-forwarded",
     "readings-forwarded",
     "publish-errors",
+    "readings-dropped",
+    "readings-refused",
 )
 """The edge-wide counters, always present in the status document (from 0)."""
 
@@ -72,6 +74,12 @@ class SourceStats:
     """Rejected messages per reason."""
     duplicates: int = 0
     """Redelivered messages acknowledged without committing them again."""
+    dropped: Counter[str] = field(default_factory=Counter)
+    """Committed readings deleted before they were sent, per reason (``full``: the disk
+    budget under ``drop-oldest``; ``age``: ``buffer.max_age_s``)."""
+    refused: Counter[str] = field(default_factory=Counter)
+    """Readings turned away uncommitted, per reason (``full``: the budget under
+    ``refuse-new``; ``disk-error``: the buffer cannot be written; ``closed``: shutting down)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +88,8 @@ class SourceStats:
             "accepted": self.accepted,
             "rejected": dict(sorted(self.rejected.items())),
             "redelivered-duplicate": self.duplicates,
+            "dropped": dict(sorted(self.dropped.items())),
+            "refused": dict(sorted(self.refused.items())),
         }
 
 
@@ -142,36 +152,60 @@ class EdgeStats:
         self.source(source).duplicates += 1
         self.counters["redelivered-duplicate"] += 1
 
+    def dropped(self, source: str, reason: str, readings: int, detail: str) -> None:
+        """Count committed readings deleted unsent; log it, rate-limited per (source, reason)."""
+        self.source(source).dropped[reason] += readings
+        self.counters["readings-dropped"] += readings
+        text = f"dropped {readings} unsent readings ({reason}): {detail}"
+        self._log_limited(
+            source,
+            f"dropped-{reason}",
+            text,
+            lambda n, s: f"{n} more drops ({reason}) in the last {s:.0f} s; latest: {text}",
+        )
+
+    def refused(self, source: str, reason: str, readings: int, detail: str) -> None:
+        """Count readings turned away uncommitted; log it, rate-limited per (source, reason)."""
+        self.source(source).refused[reason] += readings
+        self.counters["readings-refused"] += readings
+        text = f"refused {readings} readings ({reason}): {detail}"
+        self._log_limited(
+            source,
+            f"refused-{reason}",
+            text,
+            lambda n, s: f"{n} more refusals ({reason}) in the last {s:.0f} s; latest: {text}",
+        )
+
     def rejected(
         self, source: str, reason: str, detail: str, payload: bytes, where: str = ""
     ) -> None:
         """Count a refused message and log it, rate-limited per (source, reason)."""
         self.source(source).rejected[reason] += 1
         self.counters["messages-rejected"] += 1
+        on = f" on {where}" if where else ""
+        self._log_limited(
+            source,
+            reason,
+            f"refused a message ({reason}){on}: {detail}; payload {payload_preview(payload)}",
+            lambda n, s: (
+                f"refused {n} more messages ({reason}) in the last {s:.0f} s; latest{on}: {detail}"
+            ),
+        )
+
+    def _log_limited(
+        self, source: str, key: str, first: str, more: Callable[[int, float], str]
+    ) -> None:
+        """Log ``first`` the first time for (source, key), then at most one line every
+        :data:`LOG_INTERVAL_S`: ``more(occurrences meanwhile, seconds since the last line)``."""
         now = self._clock()
-        state = self._log_state.get((source, reason))
+        state = self._log_state.get((source, key))
         if state is None:
-            self._log_state[source, reason] = _LogState(now)
-            _log.warning(
-                "source %s: refused a message (%s)%s: %s; payload %s",
-                source,
-                reason,
-                f" on {where}" if where else "",
-                detail,
-                payload_preview(payload),
-            )
+            self._log_state[source, key] = _LogState(now)
+            _log.warning("source %s: %s", source, first)
             return
         state.since += 1
         if now - state.last >= LOG_INTERVAL_S:
-            _log.warning(
-                "source %s: refused %d more messages (%s) in the last %.0f s; latest%s: %s",
-                source,
-                state.since,
-                reason,
-                now - state.last,
-                f" on {where}" if where else "",
-                detail,
-            )
+            _log.warning("source %s: %s", source, more(state.since, now - state.last))
             state.last = now
             state.since = 0
 

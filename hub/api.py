@@ -194,23 +194,19 @@ def _num(doc: Any, *path: str) -> Any:
     return doc if isinstance(doc, int | float | str | bool) else None
 
 
-def _counted(doc: Any, word: str) -> dict[str, int]:
-    """Counters of a status document whose name holds ``word`` (``dropped``, ``refused``):
-    the edge-wide ones as they are, per source as ``<source>.<counter>``."""
-    out: dict[str, int] = {}
-    if not isinstance(doc, dict):
-        return out
-    counters = doc.get("counters")
-    if isinstance(counters, dict):
-        out.update({k: v for k, v in counters.items() if word in k and type(v) is int})
-    sources = doc.get("sources")
+def _counted(doc: Any, word: str) -> dict[str, Any]:
+    """The edge's ``readings-<word>`` total and its per-source counts by reason
+    (``word``: ``dropped`` or ``refused``), from a status document."""
+    counters = doc.get("counters") if isinstance(doc, dict) else None
+    total = counters.get(f"readings-{word}") if isinstance(counters, dict) else None
+    by_source: dict[str, dict[str, int]] = {}
+    sources = doc.get("sources") if isinstance(doc, dict) else None
     if isinstance(sources, dict):
         for name, src in sources.items():
-            if isinstance(src, dict):
-                for k, v in src.items():
-                    if word in k and type(v) is int:
-                        out[f"{name}.{k}"] = v
-    return out
+            counts = src.get(word) if isinstance(src, dict) else None
+            if isinstance(counts, dict):
+                by_source[name] = {k: v for k, v in counts.items() if type(v) is int}
+    return {"total": total if type(total) is int else None, "sources": by_source}
 
 
 def _status_summary(doc: Any, received_us: int) -> dict[str, Any]:

@@ -76,8 +76,10 @@ class NatsSettings:
 class StoreSettings:
     """``[store]``: the readings store."""
 
-    synchronous: Synchronous = Synchronous.NORMAL
-    """SQLite synchronous level of each batch commit: ``normal`` or ``full``."""
+    synchronous: Synchronous = Synchronous.FULL
+    """SQLite synchronous level of each batch commit: ``full`` (the default: a stored batch
+    survives a power loss before JetStream is told) or ``normal`` (survives a crash of the
+    process only)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,11 +151,16 @@ _LISTEN_RE = re.compile(rb"Listening for client connections on 127\.0\.0\.1:(\d+
 class NatsServer(_Server):
     """A nats-server with JetStream on 127.0.0.1; restarts keep the port and the store."""
 
-    def __init__(self, folder: Path, port: int = -1, extra_config: str = "") -> None:
+    def __init__(
+        self, folder: Path, port: int = -1, extra_config: str = "", sync_interval: str = "always"
+    ) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.extra_config = extra_config
+        self.sync_interval = sync_interval
+        """JetStream's ``sync_interval``: ``always`` (fsync before every ack: acknowledged
+        batches survive a power loss) or a duration such as ``2m`` (nats-server's default)."""
         self.conf = folder / "nats.conf"
         self.log = folder / "nats.log"
         self.store = folder / "jetstream"
@@ -167,7 +172,8 @@ class NatsServer(_Server):
     def start(self, timeout: float = 15.0) -> Self:
         self.conf.write_text(
             f'host: "127.0.0.1"\nport: {self.port}\nlog_file: "{self.log}"\n'
-            f'jetstream {{ store_dir: "{self.store}" }}\n{self.extra_config}\n'
+            f'jetstream {{ store_dir: "{self.store}", sync_interval: {self.sync_interval} }}\n'
+            f"{self.extra_config}\n"
         )
         offset = self.log.stat().st_size if self.log.exists() else 0
         self.proc = subprocess.Popen(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,14 @@ import pytest
 from contract.codec import CODEC_VERSION, decode_batch, encode_batch
 from contract.model import Reading
 from edge.batcher import Batcher, BatcherClosedError
-from edge.buffer import SCHEMA_VERSION, Buffer, BufferFileError, read_stats
+from edge.buffer import (
+    SCHEMA_VERSION,
+    Buffer,
+    BufferFileError,
+    BufferFullError,
+    BufferLimits,
+    read_stats,
+)
 from edge.config import BufferSettings
 from edge.stats import EdgeStats
 from tests.test_edge_support import poll
@@ -229,7 +237,9 @@ async def test_backpressure_bounds_what_waits(buffer: Buffer) -> None:
     await stop(runner)
 
 
-async def test_a_failing_commit_is_retried_and_its_submitters_wait(buffer: Buffer) -> None:
+async def test_a_failing_commit_holds_held_submits_and_refuses_the_others(
+    buffer: Buffer,
+) -> None:
     stats = EdgeStats()
     settings = BufferSettings(flush_interval_ms=1, max_batch_readings=100, max_pending_readings=100)
     batcher = Batcher(buffer, settings, stats)
@@ -239,15 +249,23 @@ async def test_a_failing_commit_is_retried_and_its_submitters_wait(buffer: Buffe
         "CREATE TRIGGER no_space BEFORE INSERT ON batches BEGIN SELECT RAISE(ABORT, 'disk full'); END"
     )
     saboteur.commit()
-    task = asyncio.create_task(batcher.submit([reading(1)], "s"))
-    await poll(lambda: stats.counters["commit-errors"] >= 2, "two failed commits")
-    assert not task.done()
+    held = asyncio.create_task(batcher.submit([reading(1)], "mqtt", hold=True))
+    with pytest.raises(BufferFullError, match="disk-error: disk full"):
+        await asyncio.wait_for(batcher.submit([reading(2), reading(3)], "serial"), 20)
+    await poll(lambda: stats.counters["commit-errors"] >= 3, "three failed commits")
+    assert not held.done()
+    assert batcher.state == "disk-error: disk full"
+    assert stats.sources["serial"].refused == {"disk-error": 2}
+    assert stats.counters["readings-refused"] == 2
     saboteur.execute("DROP TRIGGER no_space")
     saboteur.commit()
     saboteur.close()
-    await asyncio.wait_for(task, 20)
+    await asyncio.wait_for(held, 20)
     assert [count for _, count, _, _ in rows(buffer.path)] == [1]
     assert stats.counters["readings-committed"] == 1
+    assert batcher.state == "ok"
+    await batcher.submit([reading(4)], "serial")  # accepted again
+    assert [count for _, count, _, _ in rows(buffer.path)] == [1, 1]
     await stop(runner)
 
 
@@ -329,3 +347,215 @@ async def test_close_commits_what_was_submitted_and_refuses_more(buffer: Buffer)
     with pytest.raises(BatcherClosedError):
         await batcher.submit([reading(8)], "s")
     await stop(runner)
+
+
+# --------------------------------------------------------------------------- disk budget
+
+MIB = 1 << 20
+
+
+def noise(n: int, seed: int) -> bytes:
+    """Incompressible bytes (a body SQLite cannot store in less than ``n`` bytes)."""
+    return random.Random(seed).randbytes(n)
+
+
+def unsent_seqs(buf: Buffer) -> list[int]:
+    return [b.seq for b in buf.unsent(0, 1_000_000)]
+
+
+def test_drop_oldest_keeps_the_file_within_the_budget_and_says_what_it_dropped(
+    tmp_path: Path,
+) -> None:
+    buf = Buffer(tmp_path / "b.sqlite3", limits=BufferLimits(max_bytes=MIB))
+    try:
+        dropped = {"a": 0, "b": 0}
+        batches = 0
+        for i in range(400):  # 400 x 8 KiB = 3.2 MiB through a 1 MiB budget
+            appended = buf.append_batch(noise(8192, i), 10, i, i, 1, b"", {"a": 7, "b": 3})
+            batches += 1
+            if appended.dropped is not None:
+                assert appended.dropped.reason == "full"
+                for name, n in appended.dropped.sources.items():
+                    dropped[name] += n
+            size = buf.stats().file_bytes
+            assert size <= MIB * 1.01, f"after batch {i}: {size} bytes"
+        st = buf.stats()
+        kept = unsent_seqs(buf)
+        # The oldest went, in order; what is kept plus what was dropped is everything.
+        assert kept == list(range(kept[0], 401))
+        assert dropped == {"a": 7 * (kept[0] - 1), "b": 3 * (kept[0] - 1)}
+        assert st.readings_unsent + sum(dropped.values()) == 10 * batches
+        assert st.used_bytes <= BufferLimits(max_bytes=MIB).data_limit
+        assert st.batches_unsent * 8192 > 0.6 * MIB  # the budget is used, not wasted
+        assert (st.max_bytes, st.policy) == (MIB, "drop-oldest")
+    finally:
+        buf.close()
+
+
+def test_sent_history_gives_way_before_unsent_batches(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.sqlite3", limits=BufferLimits(max_bytes=MIB))
+    try:
+        first = [buf.append(noise(8192, i), 1, i, i, 1) for i in range(60)]
+        buf.mark_sent(first)  # 60 sent batches: history
+        later = [buf.append_batch(noise(8192, 100 + i), 1, i, i, 1) for i in range(40)]
+        assert all(a.dropped is None for a in later)  # history made the room
+        assert unsent_seqs(buf) == [a.seq for a in later]
+        assert buf.stats().batches_sent < 60
+    finally:
+        buf.close()
+
+
+def test_refuse_new_refuses_when_unsent_batches_fill_the_budget_and_never_drops(
+    tmp_path: Path,
+) -> None:
+    buf = Buffer(tmp_path / "b.sqlite3", limits=BufferLimits(max_bytes=MIB, policy="refuse-new"))
+    try:
+        seqs: list[int] = []
+        refused: BufferFullError | None = None
+        for i in range(400):
+            try:
+                seqs.append(buf.append(noise(8192, i), 1, i, i, 1))
+            except BufferFullError as exc:
+                refused = exc
+                break
+        assert refused is not None
+        assert refused.reason == "full"
+        assert "policy refuse-new" in str(refused)
+        assert 60 < len(seqs) < 128
+        assert unsent_seqs(buf) == seqs  # nothing dropped, the refused one not stored
+        assert buf.stats().file_bytes <= MIB * 1.01
+        buf.mark_sent(seqs[:10])  # the forwarder got ten through: room for new ones again
+        new = buf.append_batch(noise(8192, 999), 1, 0, 0, 1)
+        assert new.dropped is None
+        assert unsent_seqs(buf) == [*seqs[10:], new.seq]
+    finally:
+        buf.close()
+
+
+def test_maintain_prunes_history_and_old_unsent_batches_and_shrinks_the_file(
+    tmp_path: Path,
+) -> None:
+    limits = BufferLimits(max_bytes=64 * MIB, sent_history_s=3600, max_age_s=7200)
+    buf = Buffer(tmp_path / "b.sqlite3", limits=limits)
+    try:
+        seqs = [buf.append_batch(noise(8192, i), 2, i, i, 1, b"", {"x": 2}).seq for i in range(600)]
+        grown = buf.stats().file_bytes
+        assert grown > 4 * MIB
+        now = buf.unsent(0, 1)[0].created_us
+        buf.mark_sent(seqs[:500], sent_us=now)
+        assert buf.maintain(now + 3599 * 10**6) is None  # nothing old enough yet
+        assert buf.stats().batches_sent == 500
+        dropped = buf.maintain(now + 3601 * 10**6)  # history expired
+        assert dropped is None
+        st = buf.stats()
+        assert (st.batches_sent, st.batches_unsent) == (0, 100)
+        assert st.file_bytes < grown / 3  # the free pages went back to the file system
+        dropped = buf.maintain(now + 7201 * 10**6)  # and the unsent ones are now too old
+        assert dropped is not None
+        assert (dropped.batches, dropped.readings, dropped.sources, dropped.reason) == (
+            100,
+            200,
+            {"x": 200},
+            "age",
+        )
+        assert unsent_seqs(buf) == []
+    finally:
+        buf.close()
+
+
+def test_a_version_1_buffer_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        PRAGMA journal_mode = WAL;
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE batches (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, created_us INTEGER NOT NULL,
+            count INTEGER NOT NULL, t_min INTEGER, t_max INTEGER, codec INTEGER NOT NULL,
+            body BLOB NOT NULL, digests BLOB NOT NULL DEFAULT x'', sent_us INTEGER);
+        CREATE INDEX batches_unsent ON batches (seq) WHERE sent_us IS NULL;
+        INSERT INTO meta VALUES ('schema_version', '1');
+        INSERT INTO batches (created_us, count, codec, body) VALUES (1, 5, 1, x'00');
+        INSERT INTO batches (created_us, count, codec, body) VALUES (2, 6, 1, x'01');
+        """
+    )
+    conn.close()
+    buf = Buffer(path, limits=BufferLimits(max_bytes=MIB, max_age_s=1))
+    try:
+        assert unsent_seqs(buf) == [1, 2]
+        dropped = buf.maintain()  # rows without sources are dropped as 'unknown'
+        assert dropped is not None
+        assert dropped.sources == {"unknown": 11}
+    finally:
+        buf.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    conn.close()
+
+
+async def test_the_batcher_counts_what_drop_oldest_drops_per_source(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.sqlite3", limits=BufferLimits(max_bytes=MIB))
+    stats = EdgeStats()
+    batcher = Batcher(buf, BufferSettings(flush_interval_ms=1, max_batch_readings=400), stats)
+    runner = await started(batcher)
+    rng = random.Random(7)
+    sent = 0
+    try:
+        for i in range(400):  # incompressible values: ~8 bytes per reading in the body
+            readings = [
+                Reading("d", "s", 1_700_000_000_000_000 + 400 * i + k, rng.random())
+                for k in range(400)
+            ]
+            await batcher.submit(readings, "a" if i % 3 else "b")
+            sent += 400
+            assert buf.stats().file_bytes <= MIB * 1.01
+        dropped = stats.counters["readings-dropped"]
+        assert dropped > 0
+        assert buf.stats().readings_unsent + dropped == sent
+        per_source = {n: s.dropped.get("full", 0) for n, s in stats.sources.items()}
+        assert sum(per_source.values()) == dropped
+        assert per_source["a"] > 0
+        assert per_source["b"] > 0
+    finally:
+        await stop(runner)
+        buf.close()
+
+
+async def test_refuse_new_holds_mqtt_and_refuses_the_rest_until_batches_are_sent(
+    tmp_path: Path,
+) -> None:
+    buf = Buffer(tmp_path / "b.sqlite3", limits=BufferLimits(max_bytes=MIB, policy="refuse-new"))
+    stats = EdgeStats()
+    batcher = Batcher(buf, BufferSettings(flush_interval_ms=1, max_batch_readings=1000), stats)
+    runner = await started(batcher)
+    rng = random.Random(8)
+
+    def block(i: int) -> list[Reading]:
+        return [Reading("d", "s", 1000 * i + k, rng.random()) for k in range(1000)]
+
+    try:
+        i = 0
+        refused = False
+        while not refused and i < 1000:
+            try:
+                await batcher.submit(block(i), "serial")
+            except BufferFullError:
+                refused = True
+            i += 1
+        assert refused
+        assert stats.sources["serial"].refused == {"full": 1000}
+        assert batcher.state.startswith("full: ")
+        held = asyncio.create_task(batcher.submit(block(i + 1), "mqtt", hold=True))
+        await poll(lambda: stats.counters["commit-errors"] >= 3, "the held submit retried")
+        assert not held.done()
+        unsent = unsent_seqs(buf)
+        await buf.mark_sent_async(unsent[:5])  # the uplink came back for a moment
+        await asyncio.wait_for(held, 20)
+        assert batcher.state == "ok"
+        assert stats.counters["readings-dropped"] == 0
+        assert unsent_seqs(buf)[:-1] == unsent[5:]
+    finally:
+        await stop(runner)
+        buf.close()

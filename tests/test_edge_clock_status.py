@@ -151,9 +151,11 @@ async def test_clock_offset_and_status_reach_the_hub(
         hub_listener(nats_server.url, store) as listener,
         edge(buffer, nats_server.url, unique_name, clock_interval_s=0.1, status_interval_s=0.1) as (
             forwarder,
-            _stats,
+            stats,
         ),
     ):
+        stats.dropped("mqtt", "full", 120, "the buffer budget (test)")
+        stats.refused("serial", "disk-error", 3, "disk full (test)")
         await poll(lambda: forwarder.clock.requests >= 3, "three clock requests")
         await poll(lambda: buffer.stats().batches_unsent == 0, "the batches")
 
@@ -200,7 +202,8 @@ async def test_clock_offset_and_status_reach_the_hub(
     assert status["connected"] is True
     assert status["clock_offset_ms"] == doc["clock"]["offset_ms"]
     assert status["uplink"]["bytes_total"] == doc["uplink"]["bytes_total"]
-    assert (status["dropped"], status["refused"]) == ({}, {})
+    assert status["dropped"] == {"total": 120, "sources": {"mqtt": {"full": 120}, "serial": {}}}
+    assert status["refused"] == {"total": 3, "sources": {"mqtt": {}, "serial": {"disk-error": 3}}}
     assert status["time"].endswith("Z")
     assert shown["status_document"] == doc
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from contract.errors import ConfigError
-from edge.config import PayloadFormat, Synchronous, load_config
+from edge.config import FullPolicy, PayloadFormat, Synchronous, load_config
 
 GOOD = """
 [edge]
@@ -19,7 +19,11 @@ data_dir = "state"
 flush_interval_ms = 250
 max_batch_readings = 5000
 max_pending_readings = 50000
-synchronous = "full"
+synchronous = "normal"
+max_bytes = 2_000_000
+full_policy = "refuse-new"
+sent_history_s = 600
+max_age_s = 3600
 
 [forwarder]
 nats_url = "nats://127.0.0.1:4222"
@@ -69,7 +73,14 @@ def test_good_file_loads(tmp_path: Path) -> None:
     assert c.edge.key_path == tmp_path / "conf" / "state" / "edge.key"
     b = c.buffer
     assert (b.flush_interval_ms, b.max_batch_readings, b.max_pending_readings) == (250, 5000, 50000)
-    assert b.synchronous is Synchronous.FULL
+    assert b.synchronous is Synchronous.NORMAL
+    assert (b.max_bytes, b.full_policy, b.sent_history_s, b.max_age_s) == (
+        2_000_000,
+        FullPolicy.REFUSE_NEW,
+        600,
+        3600,
+    )
+    assert b.limits.policy == "refuse-new"
     f = c.forwarder
     assert (f.nats_url, f.max_in_flight, f.ack_timeout_s) == ("nats://127.0.0.1:4222", 8, 2.0)
     assert isinstance(f.ack_timeout_s, float)
@@ -92,7 +103,9 @@ def test_defaults(tmp_path: Path) -> None:
     assert c.edge.data_dir == tmp_path / "conf" / "state"
     assert (c.buffer.flush_interval_ms, c.buffer.max_batch_readings) == (200, 10_000)
     assert c.buffer.max_pending_readings == 100_000
-    assert c.buffer.synchronous is Synchronous.NORMAL
+    assert c.buffer.synchronous is Synchronous.FULL  # the safe default
+    assert (c.buffer.max_bytes, c.buffer.full_policy) == (1 << 30, FullPolicy.DROP_OLDEST)
+    assert (c.buffer.sent_history_s, c.buffer.max_age_s) == (86_400, 0)
     assert c.forwarder.nats_url == "nats://127.0.0.1:4222"
     assert (c.forwarder.max_in_flight, c.forwarder.ack_timeout_s) == (16, 5.0)
     assert (c.admin.host, c.admin.port) == ("127.0.0.1", 8765)
@@ -147,6 +160,16 @@ MQTT = '[[mqtt]]\ntopics = [{ pattern = "s/{device}/{sensor}", format = "value" 
             MINIMAL + '[buffer]\nsynchronous = "off"\n',
             "buffer.synchronous",
             "must be one of 'normal', 'full', got 'off'",
+        ),
+        (
+            MINIMAL + "[buffer]\nmax_bytes = 1000\n",
+            "buffer.max_bytes",
+            "must be between 1048576 and",
+        ),
+        (
+            MINIMAL + '[buffer]\nfull_policy = "drop-newest"\n',
+            "buffer.full_policy",
+            "must be one of 'drop-oldest', 'refuse-new', got 'drop-newest'",
         ),
         (
             MINIMAL + "[buffer]\nmax_batch_readings = 2000000\n",

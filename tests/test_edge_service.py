@@ -103,7 +103,14 @@ async def test_in_process_from_mqtt_to_jetstream_with_the_status_api(
     assert set(buffer) == {
         "batches_unsent", "readings_unsent", "batches_sent", "readings_sent",
         "bytes_unsent", "file_bytes", "oldest_unsent_us", "last_seq",
+        "max_bytes", "used_bytes", "policy", "state",
     }  # fmt: skip
+    assert (buffer["max_bytes"], buffer["policy"], buffer["state"]) == (
+        1 << 30,
+        "drop-oldest",
+        "ok",
+    )
+    assert 0 < buffer["used_bytes"] <= buffer["file_bytes"]
     assert (buffer["readings_sent"], buffer["readings_unsent"], buffer["oldest_unsent_us"]) == (
         42,
         0,
@@ -121,6 +128,8 @@ async def test_in_process_from_mqtt_to_jetstream_with_the_status_api(
         "batches-forwarded": len(msgs),
         "readings-forwarded": 42,
         "publish-errors": 0,
+        "readings-dropped": 0,
+        "readings-refused": 0,
     }
     assert st["sources"] == {
         "mqtt": {
@@ -129,6 +138,8 @@ async def test_in_process_from_mqtt_to_jetstream_with_the_status_api(
             "accepted": 42,
             "rejected": {"bad-utf8": 1},
             "redelivered-duplicate": 0,
+            "dropped": {},
+            "refused": {},
         }
     }
     forwarder = st["forwarder"]

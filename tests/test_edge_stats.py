@@ -28,6 +28,8 @@ def test_counters_start_at_zero_and_count() -> None:
             "accepted": 3,
             "rejected": {},
             "redelivered-duplicate": 1,
+            "dropped": {},
+            "refused": {},
         }
     }
 
@@ -67,3 +69,30 @@ def test_payload_preview() -> None:
     assert payload_preview(b"21.5") == "'21.5'"
     assert payload_preview(b"x" * 100) == repr("x" * 64) + "... (100 bytes)"
     assert payload_preview(b"\xc3") == "hex c3"
+
+
+def test_drops_and_refusals_are_counted_per_source_and_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    t = [0.0]
+    stats = EdgeStats(clock=lambda: t[0])
+    with caplog.at_level(logging.WARNING, logger="edge.stats"):
+        stats.dropped("a", "full", 10, "budget")
+        stats.dropped("a", "full", 5, "budget")
+        stats.dropped("b", "age", 2, "older than 60 s")
+        stats.refused("a", "full", 3, "refuse-new")
+        t[0] = 61.0
+        stats.dropped("a", "full", 1, "budget")
+    doc = stats.as_json()
+    assert doc["counters"]["readings-dropped"] == 18
+    assert doc["counters"]["readings-refused"] == 3
+    assert doc["sources"]["a"]["dropped"] == {"full": 16}
+    assert doc["sources"]["a"]["refused"] == {"full": 3}
+    assert doc["sources"]["b"]["dropped"] == {"age": 2}
+    assert [r.getMessage() for r in caplog.records] == [
+        "source a: dropped 10 unsent readings (full): budget",
+        "source b: dropped 2 unsent readings (age): older than 60 s",
+        "source a: refused 3 readings (full): refuse-new",
+        "source a: 2 more drops (full) in the last 61 s; latest: dropped 1 unsent readings"
+        " (full): budget",
+    ]

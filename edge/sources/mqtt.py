@@ -397,7 +397,7 @@ class MqttSource:
                 return PUBACK_SUCCESS
         try:
             readings = self._parse(topic, payload)
-            await self._sink.submit(readings, self.name, digest)
+            await self._sink.submit(readings, self.name, digest, hold=True)
         except PayloadError as exc:
             self._stats.rejected(self.name, exc.reason, exc.detail, payload, topic)
             return PUBACK_PAYLOAD_INVALID
