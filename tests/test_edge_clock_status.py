@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -25,6 +26,8 @@ from edge.forwarder import Forwarder
 from edge.stats import EdgeStats
 from hub.api import make_app
 from hub.auth import TokenAuthority
+from hub.config import ApiSettings, HubConfig, HubSettings, NatsSettings
+from hub.service import authority, run_hub
 from hub.status import StatusListener
 from hub.store import SqliteStore
 from simulator.servers import NatsServer
@@ -269,3 +272,50 @@ def _created(buffer: Buffer) -> list[int]:
         return [c for (c,) in conn.execute("SELECT created_us FROM batches ORDER BY seq")]
     finally:
         conn.close()
+
+
+async def test_the_hub_service_answers_the_clock_and_serves_the_edge_status(
+    buffer: Buffer, nats_server: NatsServer, unique_name: str, tmp_path: Path
+) -> None:
+    """Wiring: the hub's run_hub answers cairn.clock and serves what the edge published."""
+    config = HubConfig(
+        hub=HubSettings(state_dir=tmp_path / "hub"),
+        nats=NatsSettings(url=nats_server.url),
+        api=ApiSettings(listen="127.0.0.1:0"),
+    )
+    stop = asyncio.Event()
+    hub = asyncio.create_task(run_hub(config, stop=stop))
+    port_file = tmp_path / "hub" / "api.port"
+    try:
+        await poll(port_file.exists, "the hub API")
+        api = f"http://127.0.0.1:{port_file.read_text().strip()}/api/v1"
+        headers = {"Authorization": f"Bearer {authority(config).issue_token(TENANT, 'viewer')}"}
+        add_batches(buffer, 2)
+        async with (
+            aiohttp.ClientSession(headers=headers) as http,
+            edge(
+                buffer, nats_server.url, unique_name, clock_interval_s=0.1, status_interval_s=0.1
+            ) as (forwarder, _stats),
+        ):
+            await poll(lambda: forwarder.clock.best is not None, "a clock answer from the hub")
+
+            async def shown() -> bool:
+                async with http.get(f"{api}/edges") as resp:
+                    rows = (await resp.json())["edges"]
+                status = rows[0]["status"] if rows else None
+                return (
+                    status is not None
+                    and status["buffer_batches_unsent"] == 0
+                    and status["clock_rtt_ms"] is not None
+                    and rows[0]["batches"] == 2
+                )
+
+            await poll(shown, "the edge status and its batches in /edges")
+            async with http.get(f"{api}/stats") as resp:
+                counts = (await resp.json())["status"]
+            assert counts["statuses_stored"] >= 1
+            assert counts["clock_requests"] >= 1
+            assert counts["statuses_rejected"] == {}
+    finally:
+        stop.set()
+        await hub
