@@ -5,7 +5,7 @@ Run from the repository root::
 
     .venv/bin/python bench/live_first.py [--backlog-batches 200] [--readings 1000]
         [--live-every-ms 100] [--live-readings 100] [--backlog-share 0.25]
-        [--uplink-bytes-per-s 0] [--rounds 3]
+        [--uplink-bytes-per-s 0] [--synchronous full] [--rounds 3]
 
 Each round on fresh files: a nats-server and a hub ingestor (its own process, fresh store)
 run; the edge buffer holds a backlog of ``--backlog-batches`` x ``--readings`` readings (what
@@ -110,7 +110,7 @@ async def _hub_ready(url: str) -> None:
 async def _round(args: argparse.Namespace, folder: Path) -> tuple[float, float, int]:
     bodies = make_batches(args.backlog_batches, args.readings, 150)
     live_bodies = make_batches(1, args.live_readings, 150, seed=2)
-    buffer = Buffer(folder / "buffer.sqlite3")
+    buffer = Buffer(folder / "buffer.sqlite3", args.synchronous)
     for body in bodies:
         buffer.append(body, args.readings, None, None, CODEC_VERSION)
     backlog_last = buffer.stats().last_seq
@@ -136,8 +136,8 @@ async def _round(args: argparse.Namespace, folder: Path) -> tuple[float, float, 
 
             async def produce() -> None:
                 while True:
-                    seq = buffer.append(
-                        live_bodies[0], args.live_readings, None, None, CODEC_VERSION
+                    seq = await buffer.run_in_writer(  # as the batcher commits: off the loop
+                        buffer.append, live_bodies[0], args.live_readings, None, None, CODEC_VERSION
                     )
                     fresh.append(seq)
                     forwarder.notify(seq)
@@ -195,6 +195,7 @@ def main() -> None:
     parser.add_argument("--live-readings", type=int, default=100)
     parser.add_argument("--backlog-share", type=float, default=0.25)
     parser.add_argument("--uplink-bytes-per-s", type=int, default=0)
+    parser.add_argument("--synchronous", choices=("normal", "full"), default="full")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     sample = make_batches(args.backlog_batches, args.readings, 150)
@@ -204,7 +205,8 @@ def main() -> None:
         f"backlog {args.backlog_batches} batches x {args.readings} = {total:,} readings"
         f" ({size:,} bytes); fresh batch of {args.live_readings} every {args.live_every_ms:g} ms;"
         f" backlog_share {args.backlog_share},"
-        f" uplink_bytes_per_s {args.uplink_bytes_per_s or 'unlimited'}"
+        f" uplink_bytes_per_s {args.uplink_bytes_per_s or 'unlimited'},"
+        f" edge buffer synchronous={args.synchronous}"
     )
     firsts, drains = [], []
     for _ in range(args.rounds):
