@@ -731,6 +731,14 @@ class Buffer:
         """:meth:`unsent_below` in a worker thread."""
         return await asyncio.to_thread(self.unsent_below, after_seq, below_seq, limit)
 
+    def is_unsent(self, seq: int) -> bool:
+        """Whether batch ``seq`` is still in the buffer, unsent (not dropped, not sent)."""
+        with self._rlock:
+            row = self._r.execute(
+                "SELECT 1 FROM batches WHERE seq = ? AND sent_us IS NULL", (seq,)
+            ).fetchone()
+        return row is not None
+
     def close(self) -> None:
         """Finish pending writes and close both connections (idempotent)."""
         if self._closed:

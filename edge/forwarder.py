@@ -74,6 +74,7 @@ _log = logging.getLogger(__name__)
 MAX_TRACKED_COMMITS: Final = 100_000
 """Commits remembered for the live window at most (older ones count as backlog)."""
 
+
 StatusSource = Callable[[], Awaitable[dict[str, Any]]]
 
 
@@ -365,11 +366,15 @@ class Forwarder:
     async def _publish(self, js: JetStreamContext, item: _Item, is_backlog: bool) -> None:
         batch, headers, nbytes = item.batch, item.headers, item.nbytes
         backoff = Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
+        gone = False
         try:
             first = True
             while True:
                 if not first:
                     await self._gate(nbytes)
+                if not self._still_unsent(batch.seq):
+                    gone = True  # the buffer's budget dropped it meanwhile (counted there)
+                    break
                 first = False
                 try:
                     ack = await js.publish(
@@ -408,8 +413,24 @@ class Forwarder:
             else:
                 self._drain.live_in_flight -= 1
             self._wake.set()
+        if gone:
+            self._claimed.discard(batch.seq)
+            self._stats.count("publish-skipped-dropped")
+            _log.debug("batch %d left the buffer unsent (dropped): not published", batch.seq)
+            return
         self._acked.append(batch)
         self._acked_event.set()
+
+    def _still_unsent(self, seq: int) -> bool:
+        """Look the batch up before each attempt: the buffer's disk budget (``drop-oldest``)
+        or age limit may have deleted it since it was read, and a batch counted as dropped
+        must not reach the hub. (A primary-key read of the WAL: microseconds, never waits
+        for a writer, so it runs on the loop.)"""
+        try:
+            return self._buffer.is_unsent(seq)
+        except Exception as exc:  # cannot tell: publish (the hub stores a batch once anyway)
+            _log.debug("cannot check batch %d in the buffer: %s", seq, exc)
+            return True
 
     def _headers(self, batch: StoredBatch) -> dict[str, str]:
         signature = sign_batch(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +25,7 @@ from contract.names import (
     telemetry_subject,
 )
 from contract.signing import generate_key, public_key_bytes, verify_batch
-from edge.buffer import Buffer
+from edge.buffer import Buffer, BufferLimits
 from edge.config import ForwarderSettings
 from edge.forwarder import Forwarder
 from edge.stats import EdgeStats
@@ -272,3 +273,33 @@ async def test_live_batches_go_ahead_of_the_backlog(
     # backlog is finished.
     assert max(position[s] for s in live) < 4 + len(live)
     assert max(position[s] for s in later) < last_backlog
+
+
+async def test_batches_dropped_by_the_buffer_budget_are_not_published(
+    tmp_path: Path, nats_server: NatsServer, unique_name: str
+) -> None:
+    """drop-oldest deletes the oldest unsent batches during an outage, also those the
+    forwarder is retrying or has queued: they must not reach the stream (they are counted as
+    dropped), and every batch left is published exactly once."""
+    buffer = Buffer(tmp_path / "buffer.sqlite3", limits=BufferLimits(max_bytes=2 * 1024 * 1024))
+    try:
+        async with forwarding(buffer, nats_server.url, unique_name) as (forwarder, stats):
+            appended = [buffer.append_batch(os.urandom(16_384), 1, 0, 0, CODEC_VERSION)]
+            forwarder.notify(appended[0].seq)
+            await poll(lambda: stats.counters["publish-errors"] >= 1, "retries (no stream)")
+            for _ in range(300):  # ~4.7 MiB into a 2 MiB budget
+                appended.append(buffer.append_batch(os.urandom(16_384), 1, 0, 0, CODEC_VERSION))
+                forwarder.notify(appended[-1].seq)
+            dropped = sum(a.dropped.batches for a in appended if a.dropped is not None)
+            assert dropped > 100
+            left = {b.seq for b in buffer.unsent(0, 1000)}
+            assert len(left) == 301 - dropped
+            assert 1 not in left  # the one being retried went first
+            await create_stream(nats_server.url)  # the link is back
+            await poll(lambda: unsent(buffer) == 0, "the batches left")
+        seqs = Counter(int(m.headers[HDR_SEQ]) for m in await stream_messages(nats_server.url))
+        assert set(seqs) == left
+        assert set(seqs.values()) == {1}
+        assert stats.counters["publish-skipped-dropped"] >= 1
+    finally:
+        buffer.close()
