@@ -129,9 +129,10 @@ class DayBudget:
             self.save()
 
     def allows(self, n: int) -> bool:
-        """Whether ``n`` more bytes fit today's budget (always, when unlimited)."""
+        """Whether ``n`` more bytes fit today's budget (always, when unlimited). A message
+        larger than the whole budget goes alone, first thing in a day, rather than never."""
         self._roll()
-        return self.limit <= 0 or self.used + n <= self.limit
+        return self.limit <= 0 or self.used + n <= self.limit or (self.used == 0 and n > 0)
 
     def seconds_to_next_day(self) -> float:
         start = datetime.combine(self.day + timedelta(days=1), datetime.min.time(), tzinfo=UTC)

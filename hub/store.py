@@ -579,10 +579,16 @@ class SqliteStore:
             )
 
     def tenants(self) -> list[str]:
-        rows = self._reader().execute(
-            "SELECT tenant FROM series UNION SELECT tenant FROM edges"
-            " UNION SELECT tenant FROM edge_status ORDER BY 1"
-        )
+        con = self._reader()
+        try:
+            rows = con.execute(
+                "SELECT tenant FROM series UNION SELECT tenant FROM edges"
+                " UNION SELECT tenant FROM edge_status ORDER BY 1"
+            ).fetchall()
+        except sqlite3.OperationalError:  # a store made before edge_status, opened read-only
+            rows = con.execute(
+                "SELECT tenant FROM series UNION SELECT tenant FROM edges ORDER BY 1"
+            ).fetchall()
         return [r[0] for r in rows]
 
     def stats(self, tenant: str | None = None) -> dict[str, int]:

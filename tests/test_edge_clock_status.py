@@ -319,3 +319,29 @@ async def test_the_hub_service_answers_the_clock_and_serves_the_edge_status(
     finally:
         stop.set()
         await hub
+
+
+def test_a_store_from_before_edge_status_reads_and_upgrades(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    SqliteStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE edge_status")  # as a store of the previous release
+    conn.commit()
+    conn.close()
+    old = SqliteStore(path, readonly=True)  # `cairn-hub edges list` on it
+    try:
+        assert (old.edges(), old.tenants()) == ([], [])
+    finally:
+        old.close()
+    upgraded = SqliteStore(path)  # the hub starts: the table is made
+    try:
+        upgraded.put_edge_status("t", "e", 5, {"tenant": "t", "edge": "e"})
+        assert upgraded.tenants() == ["t"]
+        [row] = upgraded.edges("t")
+        assert (row["status_us"], row["status"], row["batches"]) == (
+            5,
+            {"tenant": "t", "edge": "e"},
+            0,
+        )
+    finally:
+        upgraded.close()

@@ -78,6 +78,17 @@ def test_day_budget_persists_and_starts_again_on_the_next_utc_day(tmp_path: Path
     assert (again.used, str(again.day)) == (0, "2026-11-29")
 
 
+def test_a_message_larger_than_the_day_budget_goes_alone_first_in_a_day(tmp_path: Path) -> None:
+    wall = Clock(NOON)
+    budget = DayBudget(tmp_path / DAY_FILE, limit=1000, wall=wall, clock=Clock())
+    assert budget.allows(5000)  # nothing sent today: it goes rather than never
+    budget.charge(5000)
+    assert not budget.allows(1)
+    wall.t += DAY_S
+    budget.charge(10)
+    assert not budget.allows(5000)  # not after something else went that day
+
+
 def test_day_budget_keeps_the_later_day_when_the_clock_steps_back(tmp_path: Path) -> None:
     wall, mono = Clock(NOON + DAY_S), Clock()
     budget = DayBudget(tmp_path / DAY_FILE, limit=1000, wall=wall, clock=mono)
