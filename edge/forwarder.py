@@ -135,6 +135,7 @@ class Forwarder:
         self._acked_event = asyncio.Event()
         self._nc: NatsClient | None = None
         self._failing = False
+        self._link_back = asyncio.Event()
         self.status_source = status
         """Called every ``status_interval_s`` for the document to publish (None: nothing)."""
         self._last_seq = buffer.stats().last_seq  # everything up to here is backlog
@@ -257,6 +258,14 @@ class Forwarder:
         self._state.connected = True
         _log.info("reconnected to NATS")
         self._wake.set()
+        self._retry_now()
+
+    def _retry_now(self) -> None:
+        """The link works again (a reconnect, or an ack after failures): publishes waiting
+        out their backoff try again now, instead of holding their slots in the window for up
+        to ``backoff_max_s`` while fresh batches wait."""
+        self._link_back.set()
+        self._link_back = asyncio.Event()
 
     async def _on_closed(self) -> None:
         self._state.connected = False
@@ -398,11 +407,13 @@ class Forwarder:
                         self._state.last_error,
                         delay,
                     )
-                    await asyncio.sleep(delay)
+                    with contextlib.suppress(TimeoutError):  # or sooner, once the link is back
+                        await asyncio.wait_for(self._link_back.wait(), delay)
                     continue
                 if self._failing:
                     self._failing = False
                     _log.info("publishing again (batch %d acknowledged)", batch.seq)
+                    self._retry_now()
                 if ack.duplicate:
                     _log.debug("batch %d was already in the stream (seq %d)", batch.seq, ack.seq)
                 break

@@ -94,7 +94,7 @@ async def test_offset_from_the_midpoint_of_the_fastest_round_trip(
 
 @pytest.fixture
 def buffer(tmp_path: Path) -> Iterator[Buffer]:
-    buf = Buffer(tmp_path / "buffer.sqlite3")
+    buf = Buffer(tmp_path / "buffer.sqlite3", "normal")  # durability is not under test
     yield buf
     buf.close()
 

@@ -61,7 +61,7 @@ def add_batches(buffer: Buffer, n: int, first: int = 0) -> list[int]:
 
 @pytest.fixture
 def buffer(tmp_path: Path) -> Iterator[Buffer]:
-    buf = Buffer(tmp_path / "buffer.sqlite3")
+    buf = Buffer(tmp_path / "buffer.sqlite3", "normal")  # durability is not under test
     yield buf
     buf.close()
 
@@ -250,7 +250,7 @@ async def test_live_batches_go_ahead_of_the_backlog(
     # live window.
     before = add_batches(buffer, 1000)
     async with forwarding(
-        buffer, nats_server.url, unique_name, live_window_s=0.3, backlog_share=0.25
+        buffer, nats_server.url, unique_name, live_window_s=1.5, backlog_share=0.25
     ) as (forwarder, stats):
         during = commit(buffer, forwarder, 1000, first=1000)
         backlog = set(before + during)
@@ -258,7 +258,11 @@ async def test_live_batches_go_ahead_of_the_backlog(
             lambda: forwarder.status_json()["drain"]["live_from_seq"] > max(backlog),
             "the outage's batches to leave the live window",
         )
-        live = commit(buffer, forwarder, 3, first=2000)  # fresh data as the link returns
+        # Fresh data as the link returns (the window of 1.5 s is well above the retries'
+        # backoff of at most 0.3 s, so these are still live when the stream is there). The
+        # publishes retried through the outage hold the window: 1 backlog batch and 3 of the
+        # outage's first batches, live when they were sent.
+        live = commit(buffer, forwarder, 3, first=2000)
         await create_stream(nats_server.url)
         await poll(lambda: unsent(buffer) < 1700, "the backlog to drain for a while", 60)
         later = commit(buffer, forwarder, 3, first=2003)  # fresh data while it drains
@@ -268,10 +272,11 @@ async def test_live_batches_go_ahead_of_the_backlog(
     assert sorted(order) == list(range(1, 2007))  # every batch exactly once
     position = {seq: i for i, seq in enumerate(order)}
     last_backlog = max(position[s] for s in backlog)
-    # The fresh batches of the link's return are among the first ones stored (behind at most
-    # the window's worth of backlog retries, max_in_flight = 4), and those of the drain are stored before the
-    # backlog is finished.
-    assert max(position[s] for s in live) < 4 + len(live)
+    # The fresh batches of the link's return are among the first ones stored: behind what was
+    # in flight when it returned (max_in_flight = 4; retried at once when the first one gets
+    # through) and the backlog's share of the window meanwhile (1 of 4 slots).
+    # Those committed during the drain are stored before the backlog is finished.
+    assert max(position[s] for s in live) < 2 * 4 + len(live), order[:12]
     assert max(position[s] for s in later) < last_backlog
 
 
@@ -303,3 +308,44 @@ async def test_batches_dropped_by_the_buffer_budget_are_not_published(
         assert stats.counters["publish-skipped-dropped"] >= 1
     finally:
         buffer.close()
+
+
+async def test_retries_go_at_once_when_the_link_is_back(
+    buffer: Buffer, nats_server: NatsServer, unique_name: str
+) -> None:
+    """Publishes that failed during an outage wait out a backoff of 10-20 s here; when NATS is
+    back they go at once instead of holding the window until then."""
+    await create_stream(nats_server.url)
+    stats = EdgeStats()
+    slow = ForwarderSettings(
+        nats_url=nats_server.url,
+        max_in_flight=4,
+        ack_timeout_s=0.5,
+        backoff_initial_s=20.0,
+        backoff_max_s=20.0,
+        clock_interval_s=0,
+    )
+    forwarder = Forwarder(slow, buffer, TENANT, unique_name, KEY, stats)
+    task = asyncio.create_task(forwarder.run())
+    try:
+        await poll(lambda: stats.forwarder.connected, "the connection")
+        nats_server.stop()
+        await poll(lambda: not stats.forwarder.connected, "the outage")
+        for seq in add_batches(buffer, 6):
+            forwarder.notify(seq)
+        await poll(lambda: stats.counters["publish-errors"] >= 4, "4 failed publishes", 10)
+        nats_server.start()
+        # Well before the first retry is due (10 s at the earliest):
+        await poll(lambda: unsent(buffer) == 0, "every batch, right after the reconnect", 8)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert sorted(int(m.headers[HDR_SEQ]) for m in await stream_messages(nats_server.url)) == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]

@@ -142,7 +142,7 @@ def test_uplink_pauses_on_the_day_budget_and_limits_the_backlog_share(tmp_path: 
 
 @pytest.fixture
 def buffer(tmp_path: Path) -> Iterator[Buffer]:
-    buf = Buffer(tmp_path / "buffer.sqlite3")
+    buf = Buffer(tmp_path / "buffer.sqlite3", "normal")  # durability is not under test
     yield buf
     buf.close()
 
