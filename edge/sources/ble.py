@@ -484,14 +484,14 @@ class BleSource:
         try:
             decoded = self._decoder.decode(adv)
         except PayloadError as exc:
-            self._stats.rejected(
-                self.name, exc.reason, exc.detail, data.hex().encode(), adv.address
-            )
+            self._stats.rejected(self.name, exc.reason, exc.detail, _preview(adv), adv.address)
             return None
         device = state.device
         for sensor in decoded.values:
             if not valid_name(sensor):
-                self._stats.rejected(self.name, "bad-name", f"sensor {sensor!r}", data, device)
+                self._stats.rejected(
+                    self.name, "bad-name", f"sensor {sensor!r}", _preview(adv), device
+                )
                 return None
         state.last_data = data if decoded.counted else None
         ts = adv.timestamp
@@ -561,6 +561,13 @@ class BleSource:
             self._refused_since_log = 0
         else:
             self._refused_since_log += len(groups)
+
+
+def _preview(adv: Advertisement) -> bytes:
+    """The advertisement's data for a log line: ``m:<company id>:<hex> s:<uuid>:<hex>``."""
+    parts = [f"m:{cid:04x}:{data.hex()}" for cid, data in adv.manufacturer_data.items()]
+    parts += [f"s:{uuid}:{data.hex()}" for uuid, data in adv.service_data.items()]
+    return " ".join(parts).encode("utf-8", "backslashreplace")
 
 
 def _is_pattern(name: str) -> bool:
