@@ -77,6 +77,7 @@ _log = logging.getLogger(__name__)
 _STOP_TIMEOUT_S: Final = 10.0
 _TAKE_MAX: Final = 1_000
 """Advertisements decoded per worker turn before yielding to the event loop."""
+_SENSOR_CACHE_MAX: Final = 10_000
 _NOT_HEX: Final = re.compile(r"[^0-9a-z]")
 
 AdvertisementCallback = Callable[[Advertisement], None]
@@ -266,6 +267,7 @@ class BleSource:
         self._stopping = False
         self._submits: set[asyncio.Task[None]] = set()
         self._last_heard = 0.0
+        self._good_sensors: set[str] = set()
         self._refusal_log_at: float | None = None
         self._refused_since_log = 0
 
@@ -488,7 +490,7 @@ class BleSource:
             return None
         device = state.device
         for sensor in decoded.values:
-            if not valid_name(sensor):
+            if sensor not in self._good_sensors and not self._check_sensor(sensor):
                 self._stats.rejected(
                     self.name, "bad-name", f"sensor {sensor!r}", _preview(adv), device
                 )
@@ -499,6 +501,15 @@ class BleSource:
             Reading(device, sensor, ts, value, FLAG_EDGE_STAMPED)
             for sensor, value in decoded.values.items()
         ]
+
+    def _check_sensor(self, sensor: str) -> bool:
+        """Whether ``sensor`` is a valid sensor key (remembered: decoders use few names)."""
+        if not valid_name(sensor):
+            return False
+        if len(self._good_sensors) >= _SENSOR_CACHE_MAX:
+            self._good_sensors.clear()
+        self._good_sensors.add(sensor)
+        return True
 
     def _device(self, adv: Advertisement) -> DeviceState:
         devices = self.status.devices
