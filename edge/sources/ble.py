@@ -349,7 +349,7 @@ class BleSource:
                 await scanner.stop()
             if not self._stopping:
                 self.status.scanner_restarts += 1
-                _log.warning(
+                _log.info(
                     "source %s: no advertisement for %.0f s; restarting the scanner",
                     self.name,
                     s.watchdog_s,
