@@ -419,6 +419,20 @@ async def test_adapter_failures_are_a_status_and_retried_then_scanning_resumes(
         assert src.status.adapter == "stopped"
 
 
+async def test_a_hung_scanner_start_is_a_failure_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("edge.sources.ble._START_TIMEOUT_S", 0.05)
+    log = ScannerLog(hang=True)
+    src = BleSource(ble_settings(), RecordingSink(), EdgeStats(), scanner_factory=log.factory())
+    async with src:
+        task = asyncio.create_task(src.run())
+        await until(lambda: len(log.starts) >= 4, "two rounds of start attempts")
+        assert src.status.adapter == "unavailable: the scanner did not start within 0.05 s"
+        log.hang = False
+        await until(lambda: src.connected, "scanning once starts answer")
+        await src.stop()
+        await asyncio.wait_for(task, 5)
+
+
 async def test_passive_unsupported_falls_back_to_active_with_a_log_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -67,6 +67,8 @@ class FakeScanner:
 
     async def start(self) -> None:
         self.log.starts.append(self.mode)
+        if self.log.hang:
+            await asyncio.Event().wait()  # a D-Bus call that never answers
         left = self.log.failures.get(self.mode, 0)
         if left:
             self.log.failures[self.mode] = left - 1
@@ -86,6 +88,7 @@ class ScannerLog:
     starts: list[ScanningMode] = field(default_factory=list)
     stops: int = 0
     running: list[FakeScanner] = field(default_factory=list)
+    hang: bool = False
 
     def factory(self) -> ScannerFactory:
         def make(

@@ -75,6 +75,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _STOP_TIMEOUT_S: Final = 10.0
+_START_TIMEOUT_S: Final = 30.0
+"""A scanner start that takes longer (a hung D-Bus call) counts as a failure."""
 _TAKE_MAX: Final = 1_000
 """Advertisements decoded per worker turn before yielding to the event loop."""
 _SENSOR_CACHE_MAX: Final = 10_000
@@ -366,7 +368,8 @@ class BleSource:
             scanner: Scanner | None = None
             try:
                 scanner = self._factory(self.settings, mode, self.on_advertisement)
-                await scanner.start()
+                async with asyncio.timeout(_START_TIMEOUT_S):
+                    await scanner.start()
             except Exception as exc:
                 error = _describe(exc)
                 if scanner is not None:
@@ -587,6 +590,8 @@ def _is_pattern(name: str) -> bool:
 
 def _describe(exc: BaseException) -> str:
     """A one-line reason for a scanner that would not start."""
+    if isinstance(exc, TimeoutError):
+        return f"the scanner did not start within {_START_TIMEOUT_S:g} s"
     text = str(exc) or type(exc).__name__
     if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
         return f"{text} (no D-Bus system bus: is dbus and bluetoothd running?)"
