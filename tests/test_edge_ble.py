@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from pathlib import Path
 
 import pytest
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 
-from contract.errors import CairnError, ConfigError, PayloadError
+from contract.errors import ConfigError, PayloadError
 from contract.model import FLAG_EDGE_STAMPED, Reading
 from edge.batcher import BatcherClosedError
+from edge.buffer import BufferFullError, BufferLimits
 from edge.config import BleSettings, ScanningMode, load_config
 from edge.service import run_edge
 from edge.sources.ble import BleakAdvertisementScanner, BleSource, device_id_for
@@ -316,6 +318,32 @@ async def test_malformed_advertisements_are_counted_and_neighbours_kept(
         )
 
 
+async def test_a_full_buffer_under_refuse_new_refuses_ble_readings_counted(
+    tmp_path: Path,
+) -> None:
+    limits = BufferLimits(max_bytes=1 << 20, policy="refuse-new")
+    async with ble_edge(tmp_path, ble_settings(), limits=limits) as edge:
+        rng = random.Random(4)
+        for i in range(1000):  # fill the budget with another source's readings
+            block = [Reading("d", "s", 1000 * i + k, rng.random()) for k in range(1000)]
+            try:
+                await edge.batcher.submit(block, "other")
+            except BufferFullError:
+                break
+        else:
+            pytest.fail("the budget never filled")
+        src = edge.source
+        src.on_advertisement(bthome(BTHOME_TEMP_HUM, ts=TS))
+        src.on_advertisement(bthome(BTHOME_PRESSURE, "00:00:00:00:00:01", ts=TS + 1))
+        await until(lambda: settled(src), "every advertisement counted")
+        assert src.status.refused_advertisements == 2
+        assert src.status.refused == {"full": 3}
+        assert edge.stats.counters["readings-refused"] == 3 + 1000
+        assert src.status.stored == 0
+        doc = edge.stats.as_json()["sources"]["ble"]
+        assert (doc["refused"], doc["refused_advertisements"]) == ({"full": 3}, 2)
+
+
 async def test_a_refusing_sink_counts_refused_readings_and_never_raises(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -325,19 +353,24 @@ async def test_a_refusing_sink_counts_refused_readings_and_never_raises(
     async with BleSource(ble_settings(), sink, stats, scanner_factory=log.factory()) as src:
         task = asyncio.create_task(src.run())
         await until(lambda: src.connected, "scanning")
-        sink.refuse = CairnError("buffer full (refuse-new)")
-        src.on_advertisement(bthome(BTHOME_TEMP_HUM))
-        await until(lambda: src.status.refused == 1, "the refusal counted")
         sink.refuse = BatcherClosedError()
+        src.on_advertisement(bthome(BTHOME_TEMP_HUM))
+        await until(lambda: src.status.refused_advertisements == 1, "the refusal counted")
+        sink.refuse = PayloadError("too-large", "larger than the buffer budget")
         src.on_advertisement(bthome(BTHOME_PRESSURE, ts=TS + 1))
-        await until(lambda: src.status.refused == 2, "the second refusal counted")
+        await until(lambda: src.status.refused_advertisements == 2, "the second one counted")
         sink.refuse = None
         src.on_advertisement(bthome(BTHOME_PRESSURE, ts=TS + 2))
         await until(lambda: settled(src) and src.status.stored == 1, "the third stored")
-        assert src.status.refused_readings == 3
+        assert src.status.refused == {"closed": 2, "too-large": 1}
+        assert stats.counters["readings-refused"] == 3
         assert sink.readings == [Reading(device_id_for(ATC), "pressure", TS + 2, 1008.83, E)]
         assert not task.done()
-        assert any("refused (buffer full (refuse-new))" in r.getMessage() for r in caplog.records)
+        assert any(
+            "refused 2 readings (closed)" in r.getMessage()
+            and "BLE cannot resend" in r.getMessage()
+            for r in caplog.records
+        )
         await src.stop()
         await asyncio.wait_for(task, 5)
 
@@ -380,7 +413,8 @@ async def test_bad_value_from_the_codec_refuses_only_its_own_advertisement() -> 
         src.on_advertisement(bthome(BTHOME_BUTTON, "00:00:00:00:00:03"))
         await until(lambda: settled(src), "every advertisement counted")
         assert {r.sensor for r in sink.readings} == {"temperature", "humidity", "button"}
-        assert (src.status.stored, src.status.refused) == (2, 1)
+        assert (src.status.stored, src.status.refused_advertisements) == (2, 1)
+        assert src.status.refused == {"bad-value": 1}
         await src.stop()
         await asyncio.wait_for(task, 5)
 

@@ -190,7 +190,8 @@ def test_good_advertisements_among_garbage_are_all_kept_and_counts_add_up(
     if decoder is not BleDecoder.RAW:  # (raw also ignores devices without a name here)
         assert status.ignored == sum(1 for a in ads if not d.relevant(a))
     assert settled(source)
-    assert status.refused == 0
+    assert status.refused_advertisements == 0
+    assert not status.refused
     assert set(status.rejected) <= {*REASONS, "bad-name"}, status.rejected
     assert "internal-error" not in status.rejected
     expected: set[Reading] = set()

@@ -11,7 +11,7 @@ from pathlib import Path
 from contract.errors import CairnError, PayloadError
 from contract.model import Reading
 from edge.batcher import Batcher
-from edge.buffer import Buffer
+from edge.buffer import Buffer, BufferLimits
 from edge.config import BleSettings, BufferSettings, ScanningMode
 from edge.sources.ble import AdvertisementCallback, BleSource, ScannerFactory
 from edge.sources.ble_decoders import BTHOME_UUID, RUUVI_COMPANY_ID, Advertisement
@@ -151,11 +151,14 @@ def ble_settings(**kw: object) -> BleSettings:
 
 @contextlib.asynccontextmanager
 async def ble_edge(
-    tmp_path: Path, settings: BleSettings, scanners: ScannerLog | None = None
+    tmp_path: Path,
+    settings: BleSettings,
+    scanners: ScannerLog | None = None,
+    limits: BufferLimits | None = None,
 ) -> AsyncIterator[BleEdge]:
     """Real buffer + batcher + a BLE source on a fake scanner, scanning."""
     scanners = scanners if scanners is not None else ScannerLog()
-    buffer = Buffer(tmp_path / "buffer.sqlite3")
+    buffer = Buffer(tmp_path / "buffer.sqlite3", limits=limits)
     stats = EdgeStats()
     batcher = Batcher(
         buffer,
@@ -185,5 +188,5 @@ async def ble_edge(
 def settled(source: BleSource) -> bool:
     """Every advertisement counted in ``messages`` has its outcome."""
     st = source.status
-    outcomes = st.stored + st.duplicates + sum(st.rejected.values()) + st.refused
+    outcomes = st.stored + st.duplicates + sum(st.rejected.values()) + st.refused_advertisements
     return outcomes == st.messages

@@ -20,8 +20,9 @@ otherwise decodes it (a bad one is counted by reason and logged, rate-limited, a
 neighbours are not affected) into readings stamped with the arrival time (``edge-stamped``).
 The readings of all advertisements taken at once go to the sink in one submit, in a task of
 its own, so the worker is back at the queue while they are committed. A refusal from the sink
-(a buffer policy, or the edge shutting down) cannot be retried -- the device has moved on --
-so it is counted (``refused`` advertisements and ``refused_readings``) and logged, never raised.
+(the buffer's ``refuse-new`` budget, a disk error, the edge shutting down) cannot be retried --
+the device has moved on -- so it is counted (``refused_advertisements``, and the readings in
+``refused.<reason>``: ``full``, ``disk-error``, ``closed``) and logged, never raised.
 
 Scanning: passive where possible (BlueZ needs advertisement-monitor patterns for that; the
 source gives the decoder's), else active with a log line. An adapter that is absent, powered
@@ -39,14 +40,15 @@ import logging
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 from contract.backoff import Backoff
 from contract.errors import CairnError, PayloadError
 from contract.model import FLAG_EDGE_STAMPED, Reading, now_us, valid_name
-from edge.batcher import Sink
+from edge.batcher import BatcherClosedError, Sink
+from edge.buffer import BufferFullError
 from edge.config import BleSettings, ScanningMode
 from edge.sources.ble_decoders import (
     BTHOME_UUID,
@@ -56,7 +58,7 @@ from edge.sources.ble_decoders import (
     BleDecoder,
     Decoder,
 )
-from edge.stats import LOG_INTERVAL_S, EdgeStats, SourceStats
+from edge.stats import EdgeStats, SourceStats
 
 if TYPE_CHECKING:
     from bleak.args.bluez import BlueZScannerArgs, OrPatternLike
@@ -79,6 +81,8 @@ _START_TIMEOUT_S: Final = 30.0
 """A scanner start that takes longer (a hung D-Bus call) counts as a failure."""
 _TAKE_MAX: Final = 1_000
 """Advertisements decoded per worker turn before yielding to the event loop."""
+_SPLIT_REASONS: Final = frozenset({"bad-value", "too-large"})
+"""Refusals of one submit that may be due to one advertisement in it: submit each alone."""
 _SENSOR_CACHE_MAX: Final = 10_000
 _NOT_HEX: Final = re.compile(r"[^0-9a-z]")
 
@@ -202,7 +206,8 @@ class BleStats(SourceStats):
 
     Every advertisement is ``seen``; it is ``ignored`` or counted in ``messages``; each of
     those ends up in exactly one of ``stored``, ``duplicates``, ``rejected[reason]``
-    (``queue-full`` and the decoders' reasons) or ``refused`` -- or is still in flight.
+    (``queue-full`` and the decoders' reasons) or ``refused_advertisements`` (their readings
+    in ``refused[reason]``) -- or is still in flight.
     """
 
     adapter: str = "starting"
@@ -210,25 +215,23 @@ class BleStats(SourceStats):
     seen: int = 0
     ignored: int = 0
     stored: int = 0
-    refused: int = 0
-    refused_readings: int = 0
+    refused_advertisements: int = 0
     scanner_restarts: int = 0
     devices: OrderedDict[str, DeviceState] = field(default_factory=OrderedDict)
 
     def as_json(self) -> dict[str, Any]:
+        base = super().as_json()
+        base.pop("redelivered-duplicate", None)
         return {
             "connected": self.connected,
             "adapter": self.adapter,
             "scanning_mode": self.scanning_mode,
             "advertisements": self.seen,
             "ignored": self.ignored,
-            "messages": self.messages,
+            **base,
             "stored": self.stored,
             "duplicate": self.duplicates,
-            "accepted": self.accepted,
-            "rejected": dict(sorted(self.rejected.items())),
-            "refused": self.refused,
-            "refused_readings": self.refused_readings,
+            "refused_advertisements": self.refused_advertisements,
             "scanner_restarts": self.scanner_restarts,
             "devices": {s.device: s.as_json() for s in self.devices.values()},
         }
@@ -270,8 +273,6 @@ class BleSource:
         self._submits: set[asyncio.Task[None]] = set()
         self._last_heard = 0.0
         self._good_sensors: set[str] = set()
-        self._refusal_log_at: float | None = None
-        self._refused_since_log = 0
 
     @property
     def connected(self) -> bool:
@@ -542,39 +543,29 @@ class BleSource:
         readings = [r for group in batch for r in group]
         try:
             await self._sink.submit(readings, self.name)
+        except BufferFullError:
+            # The batcher counted the readings (refused.full / refused.disk-error) and logs.
+            self.status.refused_advertisements += len(batch)
+            return
         except PayloadError as exc:
-            if exc.reason == "bad-value" and len(batch) > 1:
-                # One advertisement the codec refuses must not take its neighbours along.
+            if exc.reason in _SPLIT_REASONS and len(batch) > 1:
+                # One advertisement the buffer cannot take must not take its neighbours along.
                 await asyncio.gather(*(self._submit_many([group]) for group in batch))
                 return
-            self._refused(batch, exc)
+            self._refused(len(batch), len(readings), exc.reason, exc.detail)
+            return
+        except BatcherClosedError as exc:
+            self._refused(len(batch), len(readings), "closed", str(exc))
             return
         except CairnError as exc:
-            self._refused(batch, exc)
+            self._refused(len(batch), len(readings), "error", str(exc))
             return
         self.status.stored += len(batch)
 
-    def _refused(self, batch: Iterable[list[Reading]], exc: CairnError) -> None:
-        groups = list(batch)
-        n = sum(len(g) for g in groups)
-        self.status.refused += len(groups)
-        self.status.refused_readings += n
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._refusal_log_at is None or now - self._refusal_log_at >= LOG_INTERVAL_S:
-            _log.warning(
-                "source %s: %d readings of %d advertisements refused (%s); BLE cannot resend "
-                "them (%d more refused since the last line)",
-                self.name,
-                n,
-                len(groups),
-                exc,
-                self._refused_since_log,
-            )
-            self._refusal_log_at = now
-            self._refused_since_log = 0
-        else:
-            self._refused_since_log += len(groups)
+    def _refused(self, advertisements: int, readings: int, reason: str, detail: str) -> None:
+        """Readings the sink refused: BLE cannot have them sent again, so count and log."""
+        self.status.refused_advertisements += advertisements
+        self._stats.refused(self.name, reason, readings, f"{detail} (BLE cannot resend them)")
 
 
 def _preview(adv: Advertisement) -> bytes:
