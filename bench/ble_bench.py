@@ -11,7 +11,8 @@ starts. For each decoder, in the same run:
 * ``decode only``: the decoder table alone on the same advertisements (the baseline);
 * ``source -> buffer``: every advertisement through the source (allowlist, queue, dedupe,
   decode, one submit per worker turn) into a real :class:`~edge.batcher.Batcher` and SQLite
-  :class:`~edge.buffer.Buffer` (flush 200 ms, NORMAL), timed until the last one is committed;
+  :class:`~edge.buffer.Buffer` (the defaults: flush 200 ms, synchronous full), timed until the
+  last one is committed;
 * ``... each sent 3x``: the same with every advertisement heard three times in a row (as
   devices repeat each measurement), two of three counted as duplicates.
 
