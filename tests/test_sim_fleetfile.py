@@ -432,3 +432,12 @@ def test_run_command_with_a_fleet_file(
     n = sum(1 for _ in fleet.device_types[0].truth(0, 4))
     assert f"{n} messages, {n} readings acknowledged" in out  # value payloads
     assert "1 device types, 5 devices, 4 instants per device, fast" in out
+
+
+def test_the_docs_show_every_example_file_and_the_plot() -> None:
+    page = (ROOT / "docs" / "simulator.md").read_text()
+    for path in EXAMPLES:
+        if path.stem != "site":
+            assert f"```toml\n{path.read_text()}```" in page, f"{path.name} differs in the docs"
+    assert "](img/fleet.png)" in page
+    assert (ROOT / "docs" / "img" / "fleet.png").read_bytes()[:4] == b"\x89PNG"
