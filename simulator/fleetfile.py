@@ -89,7 +89,7 @@ _MAX_DEVICES: Final = 1_000_000
 _MAX_RATE_HZ: Final = 10_000.0
 _MAX_STREAMS: Final = 256
 _CLOCK: Final = 0xC10C
-_MAX_VALUES_PER_BLOCK: Final = 1 << 18
+_MAX_VALUES_PER_BLOCK: Final = 1 << 20
 
 _I64 = npt.NDArray[np.int64]
 
@@ -205,7 +205,7 @@ class DeviceType:
         return max(1, math.ceil(seconds * self.rate_hz))
 
     def block_size(self) -> int:
-        """Instants per block: about 256k values at most, and not beyond a noise chunk."""
+        """Instants per block: about a million values at most, and not beyond a noise chunk."""
         per_instant = self.count * max(1, len(self.streams))
         return max(1, min(CHUNK, _MAX_VALUES_PER_BLOCK // per_instant))
 

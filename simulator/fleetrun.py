@@ -25,8 +25,11 @@ _Item = tuple[str, str, int, Value]
 _Message = tuple[int, str, bytes, int | None, list[_Item]]
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _dumps(doc: object) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(doc).encode()
 
 
 def block_messages(dtype: DeviceType, blk: Block) -> Iterator[_Message]:
@@ -40,13 +43,17 @@ def block_messages(dtype: DeviceType, blk: Block) -> Iterator[_Message]:
     stamps = [ts.tolist() for ts in blk.ts_us]
     nominal = blk.nominal_us.tolist()
     devices = dtype.device_ids
+    # per device: (key, values, emitted) of each stream, as plain lists (fast to index)
+    streams = [
+        [(key, blk.values[d][key], col.emitted.tolist()) for key, col in blk.columns[d].items()]
+        for d in range(len(devices))
+    ]
     msg = 0
     for k in range(blk.n):
         due: int | None = nominal[k]
         for d, device in enumerate(devices):
             ts = stamps[d][k]
-            cols, vals = blk.columns[d], blk.values[d]
-            present = [(key, vals[key][k]) for key, col in cols.items() if col.emitted[k]]
+            present = [(key, vals[k]) for key, vals, sent in streams[d] if sent[k]]
             if not present:
                 continue
             if t.payload == "json":

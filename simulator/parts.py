@@ -92,8 +92,10 @@ def uniform_at(words: Sequence[int], idx: _I64, k: int = 1) -> _F64:
     chunks = idx // CHUNK
     for c in np.unique(chunks).tolist():
         sel = chunks == c
-        draws = _rng(*words, int(c)).random((CHUNK, k))
-        out[sel] = draws[idx[sel] - c * CHUNK]
+        offsets = idx[sel] - c * CHUNK
+        # the first m rows of random((CHUNK, k)) are random((m, k)): draw only what is needed
+        draws = _rng(*words, int(c)).random((int(offsets.max()) + 1, k))
+        out[sel] = draws[offsets]
     return out
 
 
