@@ -36,6 +36,7 @@ Transports: ``mqtt`` (``payload = "json"``: one object per device and instant on
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import tomllib
@@ -246,6 +247,12 @@ class DeviceType:
             values.append({k: c.values() for k, c in cols.items()})
             stamps.append(self.device_ts(d, nominal, start))
         return Block(start, n, nominal, stamps, columns, values)
+
+    def endless(self, start: int = 0) -> Iterator[TruthRecord]:
+        """What this type emits from instant ``start`` on, forever (an endless iterator)."""
+        step = self.block_size()
+        for b0 in itertools.count(start, step):
+            yield from self.truth(b0, step)
 
     def truth(self, start: int, n: int) -> Iterator[TruthRecord]:
         """What this type emits at instants ``[start, start + n)``: by instant, device, sensor."""

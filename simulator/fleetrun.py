@@ -141,7 +141,8 @@ async def send_device_type(
     first = instants.start if instants is not None else 0
     if instants is not None and len(instants) == 0:
         return ledger
-    pacer = Pacer(dtype.block(first, 1).nominal_us.tolist()[0], speed) if paced else None
+    first_ts = dtype.start_us + round(first * 1e6 / dtype.rate_hz)  # as instant_ts
+    pacer = Pacer(first_ts, speed) if paced else None
     parts = ((part, part.messages()) for part in _parts(dtype, instants))
     return await publish_parts(
         url,

@@ -4,10 +4,12 @@ truth (API and `cairn-sim truth`), preview, plot, and `cairn-sim run FLEETFILE` 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import struct
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -441,3 +443,33 @@ def test_the_docs_show_every_example_file_and_the_plot() -> None:
             assert f"```toml\n{path.read_text()}```" in page, f"{path.name} differs in the docs"
     assert "](img/fleet.png)" in page
     assert (ROOT / "docs" / "img" / "fleet.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_device_type_is_an_endless_iterator() -> None:
+    fleet = parse_fleet(REFERENCE)
+    tracker = fleet.device_types[1]
+    n = tracker.block_size() * 2 + 7  # across block borders
+    wanted = list(tracker.truth(0, n))
+    assert list(itertools.islice(tracker.endless(), len(wanted))) == wanted
+    later = list(tracker.truth(n, 3))
+    assert list(itertools.islice(tracker.endless(n), len(later))) == later
+
+
+async def test_paced_qos0_run_sends_in_time_order(mosquitto: Mosquitto) -> None:
+    text = REFERENCE.replace("qos = 1 }", "qos = 0 }").replace("rate_hz = 0.2", "rate_hz = 20")
+    fleet = parse_fleet(text)
+    tracker = fleet.device_types[1]
+    fleet = FleetFile(fleet.seed, fleet.start_us, (tracker,))
+    assert tracker.transport.qos == 0
+    expected = [reading_key(r.reading) for r in tracker.truth(0, 20)]
+    async with Subscriber(mosquitto.port) as sub:
+        started = time.monotonic()
+        ledger = await send_fleet_file(fleet, mosquitto.url, count=20, speed=2.0)
+        elapsed = time.monotonic() - started
+        await sub.wait_for(len(expected))
+    assert ledger.keys() == set(expected)
+    assert ledger.count == len(expected)
+    # paced: 20 instants at 20 Hz, twice as fast: the last leaves 19 / 20 / 2 s after the first
+    assert elapsed >= 19 / 20 / 2 - 0.01
+    stamps = [json.loads(p)["ts"] for _t, p in sub.messages]
+    assert stamps == sorted(stamps)  # one connection per type, sent in instant order
