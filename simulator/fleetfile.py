@@ -547,7 +547,9 @@ def _stream(where: str, raw: object, earlier: Mapping[str, Stream]) -> Stream:
         inputs = tuple(raw_inputs)
         if len(set(inputs)) != len(inputs):
             raise ConfigError(f"{where}.inputs", "an input is named twice")
-        if join in {"vector", "dewpoint"} and any(len(_width(earlier, k)) != 1 for k in inputs):
+        if join in {"vector", "dewpoint"} and any(
+            len(_names(earlier[k], earlier)) != 1 for k in inputs
+        ):
             raise ConfigError(f"{where}.inputs", f"a {join} join takes scalar sensors only")
     raw_filters = raw.get("filters", [])
     if not isinstance(raw_filters, list):
@@ -557,18 +559,50 @@ def _stream(where: str, raw: object, earlier: Mapping[str, Stream]) -> Stream:
         raise ConfigError(
             f"{where}.filters", "a stuck filter goes on a join's inputs, not on the join"
         )
-    return Stream(key, gen, params, join, inputs, filters, emit)
+    stream = Stream(key, gen, params, join, inputs, filters, emit)
+    _check_components(where, stream, earlier)
+    return stream
 
 
-def _width(earlier: Mapping[str, Stream], key: str) -> tuple[str, ...]:
-    s = earlier[key]
-    if s.generator == "gps":
-        return ("lat", "lon", "speed", "heading")
-    if s.generator in {"accel", "gyro"}:
-        return ("x", "y", "z")
-    if s.join in {"document", "vector"}:
-        return tuple(n for k in s.inputs for n in _width(earlier, k))
+_GEN_COMPONENTS: Final = {
+    "gps": ("lat", "lon", "speed", "heading"),
+    "accel": ("x", "y", "z"),
+    "gyro": ("x", "y", "z"),
+}
+
+
+def _names(s: Stream, earlier: Mapping[str, Stream]) -> tuple[str, ...]:
+    """The component names of a stream's column (as ``parts`` names them)."""
+    if s.generator is not None:
+        return _GEN_COMPONENTS.get(s.generator, ("value",))
+    if s.join == "document":
+        out: list[str] = []
+        for k in s.inputs:
+            sub = _names(earlier[k], earlier)
+            out.extend(k if len(sub) == 1 else f"{k}.{n}" for n in sub)
+        return tuple(out)
+    if s.join == "vector":
+        return s.inputs
     return ("value",)
+
+
+def _check_components(where: str, s: Stream, earlier: Mapping[str, Stream]) -> None:
+    names = _names(s, earlier)
+    numeric = names if s.generator != "switch" else ()
+    for f, flt in enumerate(s.filters):
+        if flt.kind not in {"noise", "outliers", "quantise"}:
+            continue
+        if not numeric:
+            raise ConfigError(
+                f"{where}.filters[{f}].kind",
+                f"a {flt.kind} filter needs numbers; {s.key} is on/off",
+            )
+        for c in flt.components or ():
+            if c not in names:
+                raise ConfigError(
+                    f"{where}.filters[{f}].components",
+                    f"{s.key} has no component {c!r} (it has {', '.join(names)})",
+                )
 
 
 def _check_generator_params(where: str, gen: str, params: Mapping[str, Any]) -> None:

@@ -226,7 +226,7 @@ def _series(kind: str, ctx: Ctx) -> _Series:
     return _Series(kind, ctx.path, ctx.start, ctx.n, ctx.ts_us())
 
 
-def _route(ctx: Ctx, params: Mapping[str, Any], s: _Series) -> _F64:
+def _route(ctx: Ctx, params: Mapping[str, Any]) -> _F64:
     """Waypoints ``(m, 2)`` of lat/lon: given, or a seeded loop around ``center``."""
     if "route" in params:
         return np.asarray(params["route"], dtype=np.float64)
@@ -240,14 +240,13 @@ def _route(ctx: Ctx, params: Mapping[str, Any], s: _Series) -> _F64:
     east = radii * np.sin(angles)
     lat = lat0 + np.degrees(north / _EARTH_R)
     lon = lon0 + np.degrees(east / (_EARTH_R * math.cos(math.radians(lat0))))
-    del s
     return np.stack([lat, lon], axis=1)
 
 
 def _gps(ctx: Ctx, params: Mapping[str, Any]) -> Column:
     """A vehicle driving round a closed route at a varying speed: lat, lon, speed, heading."""
     s = _series("gps", ctx)
-    pts = _route(ctx, params, s)
+    pts = _route(ctx, params)
     lat0 = float(pts[:, 0].mean())
     cos0 = math.cos(math.radians(lat0))
     loop = np.concatenate([pts, pts[:1]])
@@ -630,6 +629,8 @@ def check_filter(where: str, raw: object) -> Filter:
             f"{where}.duration_s", f"must be in (0, 30 days], not {params['duration_s']}"
         )
     comps = raw.get("components")
+    if comps is not None and kind in {"dropout", "stuck"}:
+        raise ConfigError(f"{where}.components", f"a {kind} filter acts on the whole reading")
     if comps is not None and (
         not isinstance(comps, list) or not comps or not all(isinstance(c, str) for c in comps)
     ):

@@ -322,6 +322,18 @@ def test_truth_lists_outliers_and_matches_the_emitted_readings() -> None:
             '[[device_types]]\nname = "a"\n[[device_types.sensors]]\nkey = "t"\ngenerator = "lux"\n[[device_types]]\nname = "a"\n[[device_types.sensors]]\nkey = "t"\ngenerator = "lux"',
             "device_types[1].name",
         ),
+        (
+            '[[device_types]]\nname = "a"\n[[device_types.sensors]]\nkey = "t"\ngenerator = "switch"\nfilters = [{ kind = "noise", sigma = 1 }]',
+            "device_types[0].sensors[0].filters[0].kind",
+        ),
+        (
+            '[[device_types]]\nname = "a"\n[[device_types.sensors]]\nkey = "t"\ngenerator = "lux"\nfilters = [{ kind = "noise", sigma = 1, components = ["lat"] }]',
+            "device_types[0].sensors[0].filters[0].components",
+        ),
+        (
+            '[[device_types]]\nname = "a"\n[[device_types.sensors]]\nkey = "t"\ngenerator = "gps"\nfilters = [{ kind = "dropout", probability = 0.1, components = ["lat"] }]',
+            "device_types[0].sensors[0].filters[0].components",
+        ),
         ("[[device_types]\n", "fleet_file"),
     ],
 )
