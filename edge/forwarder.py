@@ -203,9 +203,9 @@ class Forwarder:
         while True:
             if nc.is_connected and await self.clock.measure(request) is not None:
                 retry.reset()
-                await asyncio.sleep(interval)
+                await self._pause(interval)
             else:
-                await asyncio.sleep(retry.next())
+                await self._pause(retry.next())
 
     async def _status_loop(self, nc: NatsClient) -> None:
         subject = status_subject(self._tenant, self._edge)
@@ -220,7 +220,13 @@ class Forwarder:
                     self.status_published += 1
                 except Exception as exc:
                     _log.warning("cannot publish the status document: %s", exc)
-            await asyncio.sleep(self._settings.status_interval_s)
+            await self._pause(self._settings.status_interval_s)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less: until the link is back after an outage (then the hub
+        gets a fresh status, and the clock is measured again, at once)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._link_back.wait(), seconds)
 
     # -------------------------------------------------------------- connection
 

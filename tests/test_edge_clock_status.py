@@ -345,3 +345,19 @@ def test_a_store_from_before_edge_status_reads_and_upgrades(tmp_path: Path) -> N
         )
     finally:
         upgraded.close()
+
+
+async def test_status_and_clock_right_after_the_link_is_back(
+    buffer: Buffer, nats_server: NatsServer, unique_name: str
+) -> None:
+    """Intervals of a minute, but a reconnect publishes the status and asks the time at once
+    (the hub's view of the edge is fresh as soon as the link is back)."""
+    async with edge(
+        buffer, nats_server.url, unique_name, clock_interval_s=60, status_interval_s=60
+    ) as (forwarder, stats):
+        await poll(lambda: forwarder.status_published == 1, "the status at connect")
+        await poll(lambda: forwarder.clock.requests == 1, "the clock request at connect")
+        await asyncio.to_thread(nats_server.restart)
+        await poll(lambda: stats.forwarder.connected, "the reconnect")
+        await poll(lambda: forwarder.status_published == 2, "a status after the reconnect", 15)
+        await poll(lambda: forwarder.clock.requests >= 2, "a clock request after it", 15)
