@@ -169,26 +169,28 @@ async def test_transform_hook_sees_and_rewrites_chunks(echo: int) -> None:
 
 
 def test_threaded_proxy_cut_and_heal() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as srv:
-        with ThreadedFaultProxy(srv.getsockname()[1]) as proxy:
-            client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-            server_side, _ = srv.accept()
-            server_side.settimeout(5)
-            client.sendall(b"one")
-            assert server_side.recv(10) == b"one"
-            assert proxy.set_faults(LinkFaults(cut=True)) == LinkFaults()
-            client.sendall(b"two")
-            server_side.settimeout(0.3)
-            with pytest.raises(TimeoutError):
-                server_side.recv(10)
-            server_side.settimeout(5)
-            proxy.heal()
-            assert server_side.recv(10) == b"two"
-            assert proxy.reset() == 1
-            with pytest.raises(ConnectionResetError):
-                client.recv(10)
-            client.close()
-            server_side.close()
+    with (
+        socket.create_server(("127.0.0.1", 0)) as srv,
+        ThreadedFaultProxy(srv.getsockname()[1]) as proxy,
+    ):
+        client = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        server_side, _ = srv.accept()
+        server_side.settimeout(5)
+        client.sendall(b"one")
+        assert server_side.recv(10) == b"one"
+        assert proxy.set_faults(LinkFaults(cut=True)) == LinkFaults()
+        client.sendall(b"two")
+        server_side.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            server_side.recv(10)
+        server_side.settimeout(5)
+        proxy.heal()
+        assert server_side.recv(10) == b"two"
+        assert proxy.reset() == 1
+        with pytest.raises(ConnectionResetError):
+            client.recv(10)
+        client.close()
+        server_side.close()
 
 
 def test_bad_faults_are_refused() -> None:
