@@ -66,6 +66,10 @@ class Load:
     sensors: int = 3
     speed: float = 40.0
     seed: int = 7
+    mode: str = "json"
+    """``json`` (one message per device per instant) or ``value`` (one per reading)."""
+    paced: bool = True
+    """``False``: as fast as the broker acknowledges (``speed`` only sizes ``instants``)."""
 
     def fleet(self) -> Fleet:
         return Fleet(
@@ -168,7 +172,8 @@ class FaultLab(Lab):
                 load.fleet(),
                 self.mosquitto.url,
                 instants=range(first, first + n),
-                paced=True,
+                mode=load.mode,
+                paced=load.paced,
                 speed=load.speed,
                 ledger=ledger,
                 client_id=f"faults-{first}",
@@ -195,11 +200,11 @@ class FaultLab(Lab):
 
     # ----------------------------------------------------------------- verdict
 
-    async def settle(self, ledgers: list[Ledger], timeout: float = 90) -> bool:
-        """Wait until the hub holds as many readings as were acknowledged and the edge has no
-        backlog; ``False`` if that did not happen in time (the verdict then says what is
-        missing)."""
-        total = sum(ledger.count for ledger in ledgers)
+    async def settle(self, ledgers: list[Ledger], timeout: float = 90, dropped: int = 0) -> bool:
+        """Wait until the hub holds as many readings as were acknowledged (less ``dropped``)
+        and the edge has no backlog; ``False`` if that did not happen in time (the verdict
+        then says what is missing)."""
+        total = sum(ledger.count for ledger in ledgers) - dropped
         try:
             await self.until(
                 lambda: hub_count(self) >= total and self.unsent() == 0,
@@ -246,6 +251,14 @@ class FaultLab(Lab):
         assert outcome.duplicated == 0
         assert outcome.unknown == 0
         return outcome
+
+
+def stored_readings_of(lab: Lab, ledger: Ledger) -> tuple[set[Any], set[Any]]:
+    """``(missing, stored)``: identities of the acknowledged readings the hub lacks, and of
+    those it holds (as in ``simulator.fleet.reading_key``: ``(device, sensor, ts, value)``)."""
+    stored = stored_readings(lab.hub_store_path, TENANT).keys()
+    acked = ledger.keys()
+    return acked - stored, acked & stored
 
 
 def _merge(ledgers: list[Ledger]) -> Ledger:
