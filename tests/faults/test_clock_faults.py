@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -84,8 +85,8 @@ async def test_clock_jumps_forward_and_back(
     seqs = [r[0] for r in rows]
     assert seqs == list(range(1, len(rows) + 1)), "the buffer lost a batch row"
     assert sorted(_hub_seqs(lab.hub_store_path, lab.settings.edge_id)) == seqs
-    steps = [b[1] - a[1] for a, b in zip(rows, rows[1:], strict=False)]
+    steps = [b[1] - a[1] for a, b in pairwise(rows)]
     assert max(steps) > 29 * DAY_US, "no forward jump seen in created_us"
     assert min(steps) < -29 * DAY_US, "no backward jump seen in created_us"
-    for a, b in zip(rows, rows[1:], strict=False):
+    for a, b in pairwise(rows):
         assert a[3] <= b[2], f"batch {b[0]} holds readings older than batch {a[0]}"
