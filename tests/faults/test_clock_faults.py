@@ -22,7 +22,10 @@ from tests.faults.harness import FaultLab, Load
 pytestmark = pytest.mark.slow
 
 LOAD = Load(devices=20, sensors=3, speed=40.0)
-LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+LIBFAKETIME = next(
+    iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))),
+    Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"),
+)
 DAY_US = 86_400 * 1_000_000
 
 
