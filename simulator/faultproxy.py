@@ -228,6 +228,10 @@ class FaultProxy:
 
     async def reset(self) -> int:
         """Reset (TCP RST) every open connection now; returns how many."""
+        return self.reset_now()
+
+    def reset_now(self) -> int:
+        """:meth:`reset`, callable from synchronous code on the proxy's event loop."""
         conns = list(self._conns)
         for conn in conns:
             conn.abort(rst=True)

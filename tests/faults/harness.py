@@ -131,6 +131,10 @@ class FaultLab(Lab):
         self.proxy = ThreadedFaultProxy(self.nats.port, seed=seed)
         self.edge_nats_url = self.proxy.url
         self.edge.env.update(env or {})
+        self.missing: set[Any] = set()
+        """After :meth:`verdict`: identities of the acknowledged readings the hub lacks."""
+        self.kept: set[Any] = set()
+        """After :meth:`verdict`: identities of the acknowledged readings the hub holds."""
 
     def stop(self) -> None:
         try:
@@ -243,6 +247,8 @@ class FaultLab(Lab):
             seed=self.seed,
             note=note,
         )
+        self.missing = missing
+        self.kept = acked & stored.keys()
         RESULTS.append(outcome)
         print(f"fault {fault}: {outcome} (replay with --fault-seed {self.seed})")
         if not dropped:
@@ -251,14 +257,6 @@ class FaultLab(Lab):
         assert outcome.duplicated == 0
         assert outcome.unknown == 0
         return outcome
-
-
-def stored_readings_of(lab: Lab, ledger: Ledger) -> tuple[set[Any], set[Any]]:
-    """``(missing, stored)``: identities of the acknowledged readings the hub lacks, and of
-    those it holds (as in ``simulator.fleet.reading_key``: ``(device, sensor, ts, value)``)."""
-    stored = stored_readings(lab.hub_store_path, TENANT).keys()
-    acked = ledger.keys()
-    return acked - stored, acked & stored
 
 
 def _merge(ledgers: list[Ledger]) -> Ledger:

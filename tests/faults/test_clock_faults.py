@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from simulator.send import Ledger
 from tests.faults.harness import FaultLab, Load
 
 pytestmark = pytest.mark.slow
@@ -69,20 +70,26 @@ async def test_clock_jumps_forward_and_back(
         },
     )
     lab.start()
-    sending = lab.send(LOAD, max(8.0, soak))
-    step = int(LOAD.readings_per_s)  # about a second of readings per phase
-    await lab.progress(lab.committed, step, "commits at the true time")
-    clock.write_text("+30d\n")
-    await lab.progress(lab.committed, 2 * step, "commits 30 days ahead")
+    ledgers: list[Ledger] = []
+    seconds = max(1.5, soak / 4)
+
+    async def phase(offset: str) -> None:
+        """Set the edge's clock, send a part of the fleet, wait until the edge committed it."""
+        clock.write_text(offset + "\n")
+        first = sum(LOAD.instants(seconds) for _ in ledgers)
+        ledgers.append(await lab.send(LOAD, seconds, first=first).finish())
+        total = sum(ledger.count for ledger in ledgers)
+        await lab.until(lambda: lab.committed() >= total, f"commits at clock {offset}")
+
+    await phase("+0")
+    await phase("+30d")
     lab.proxy.set_faults(cut=True)
-    clock.write_text("-2h\n")
-    await lab.progress(lab.committed, 2 * step, "commits 2 hours behind, link cut")
+    await phase("-2h")
     lab.proxy.heal()
-    await lab.progress(lab.forwarded, step, "forwarding after the heal")
-    clock.write_text("+0\n")
-    ledger = await sending.finish()
-    await lab.settle([ledger])
-    lab.verdict("edge clock +30 d, then -2 h (libfaketime)", [ledger], rounds=2)
+    await lab.progress(lab.forwarded, 1, "forwarding after the heal, clock still behind")
+    await phase("+0")
+    await lab.settle(ledgers)
+    lab.verdict("edge clock +30 d, then -2 h (libfaketime)", ledgers, rounds=2)
 
     rows = _rows(lab.edge_buffer_path)
     seqs = [r[0] for r in rows]

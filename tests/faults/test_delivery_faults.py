@@ -44,7 +44,7 @@ async def test_duplicate_delivery_storm(make_lab: Callable[..., FaultLab], soak:
     """Twice during the run, every batch in the stream so far is published two more times
     by a second publisher: the hub counts them as duplicates and stores nothing twice."""
     lab = make_lab()
-    sending = lab.send(LOAD, max(5.0, soak))
+    sending = lab.send(LOAD, max(4.0, soak))
     await lab.progress(lambda: hub_count(lab), 3000, "readings at the hub")
     copies = 0
     first = await stream_messages(lab.nats.url)
@@ -67,7 +67,7 @@ async def test_out_of_order_delivery(make_lab: Callable[..., FaultLab], soak: fl
     its batches published again in reverse order: the hub ingests newest first, all once."""
     lab = make_lab()
     lab.hub.stop()  # it created the stream and its consumer
-    sending = lab.send(LOAD, max(4.0, soak))
+    sending = lab.send(LOAD, max(3.0, soak))
     ledger = await sending.finish()
     await lab.until(lambda: lab.unsent() == 0 and lab.forwarded() >= ledger.count, "forwarding")
     msgs = await stream_messages(lab.nats.url)

@@ -74,7 +74,7 @@ async def test_buffer_write_errors(
     lab = make_lab(start=False)
     lab.edge.prefix = fiu.prefix()
     lab.start()
-    sending = lab.send(LOAD, max(8.0, soak))
+    sending = lab.send(LOAD, max(6.0, soak))
     for kill in (False, True):
         await lab.progress(lambda: hub_count(lab), lab.rng.randrange(200, 2000), "forwarding")
         pid = lab.edge.pid

@@ -22,8 +22,8 @@ async def test_partition_then_heal(make_lab: Callable[..., FaultLab], soak: floa
     the held bytes and the retries arrive, JetStream and the hub drop the doubles."""
     lab = make_lab()
     rounds = 2 if not soak else max(2, int(soak / 6))
-    backlog = int(LOAD.readings_per_s * 2.0)
-    sending = lab.send(LOAD, 3.0 + rounds * 3.0 + soak)
+    backlog = int(LOAD.readings_per_s * 1.5)
+    sending = lab.send(LOAD, 2.0 + rounds * 2.5 + soak)
     done = 0
     while done < rounds and not sending.task.done():
         await lab.progress(lambda: hub_count(lab), lab.rng.randrange(100, 2000), "forwarding")
@@ -43,7 +43,7 @@ async def test_slow_link(make_lab: Callable[..., FaultLab], soak: float) -> None
     lab = make_lab()
     faults = LinkFaults(delay_s=0.2, jitter_s=0.1, rate_bps=32_000)
     lab.proxy.set_faults(faults)
-    sending = lab.send(LOAD, max(5.0, soak))
+    sending = lab.send(LOAD, max(4.0, soak))
     ledger = await sending.finish()
     await lab.settle([ledger], timeout=120)
     lab.verdict(f"slow link ({faults.describe()})", [ledger])
@@ -55,7 +55,7 @@ async def test_lossy_link(make_lab: Callable[..., FaultLab], soak: float) -> Non
     lab = make_lab()
     faults = LinkFaults(loss=0.05, reset_share=0.2)
     lab.proxy.set_faults(faults)
-    sending = lab.send(LOAD, max(6.0, soak))
+    sending = lab.send(LOAD, max(5.0, soak))
     ledger = await sending.finish()
     lab.proxy.heal()  # the tail of the run on a good link, so that the check does not wait
     await lab.settle([ledger], timeout=120)
@@ -74,7 +74,7 @@ async def test_connection_resets(make_lab: Callable[..., FaultLab], soak: float)
     connection to NATS is not proxied and stays up)."""
     lab = make_lab()
     rounds = 6 if not soak else max(6, int(soak))
-    sending = lab.send(LOAD, max(6.0, soak))
+    sending = lab.send(LOAD, max(5.0, soak))
     done = 0
     while done < rounds and not sending.task.done():
         await lab.progress(lambda: hub_count(lab), lab.rng.randrange(50, 1500), "forwarding")

@@ -29,7 +29,7 @@ async def test_edge_kill9_at_random_points(make_lab: Callable[..., FaultLab], so
     or stored by the hub), drawn from the seed."""
     lab = make_lab()
     rounds = 5 if not soak else max(5, int(soak / 2))
-    sending = lab.send(LOAD, _seconds(soak, 8.0))
+    sending = lab.send(LOAD, _seconds(soak, 7.0))
     done = 0
     while done < rounds and not sending.task.done():
         more = lab.rng.randrange(50, 3000)
@@ -50,7 +50,7 @@ async def test_hub_kill9_during_ingest(make_lab: Callable[..., FaultLab], soak: 
     (tenant, edge, seq) key makes the redelivery a no-op."""
     lab = make_lab()
     rounds = 3 if not soak else max(3, int(soak / 3))
-    sending = lab.send(LOAD, _seconds(soak, 6.0))
+    sending = lab.send(LOAD, _seconds(soak, 5.0))
     done = 0
     while done < rounds and not sending.task.done():
         await lab.progress(lambda: hub_count(lab), lab.rng.randrange(50, 2000), "hub ingest")
@@ -68,7 +68,7 @@ async def test_nats_kill9_and_restart(make_lab: Callable[..., FaultLab], soak: f
     backlog: publishes that timed out are retried with the same Nats-Msg-Id."""
     lab = make_lab()
     rounds = 2 if not soak else max(2, int(soak / 4))
-    sending = lab.send(LOAD, _seconds(soak, 6.0))
+    sending = lab.send(LOAD, _seconds(soak, 5.0))
     done = 0
     while done < rounds and not sending.task.done():
         await lab.progress(lambda: hub_count(lab), lab.rng.randrange(50, 2000), "forwarding")
@@ -90,8 +90,8 @@ async def test_away_while_the_backlog_grows(
     is away until a backlog of several seconds of readings has built up (minutes in soak),
     then comes back: everything arrives once."""
     lab = make_lab()
-    backlog = int(LOAD.readings_per_s * (3.0 if not soak else soak / 2))
-    sending = lab.send(LOAD, 3.0 + backlog / LOAD.readings_per_s + 2.0)
+    backlog = int(LOAD.readings_per_s * (2.0 if not soak else soak / 2))
+    sending = lab.send(LOAD, 2.0 + backlog / LOAD.readings_per_s + 1.5)
     await lab.progress(lambda: hub_count(lab), 500, "readings at the hub")
     if away == "hub":
         lab.hub.stop()
@@ -112,11 +112,11 @@ async def test_slow_hub_edge_memory_stays_bounded(
     """The hub frozen (SIGSTOP) while the edge keeps receiving: the consumer falls behind,
     JetStream and the buffer absorb it, and the edge's memory stays bounded."""
     lab = make_lab()
-    warm = lab.send(LOAD, 2.0)
+    warm = lab.send(LOAD, 1.0)
     await warm.finish()
     await lab.settle([warm.ledger])
     idle = lab.rss_bytes()
-    seconds = _seconds(soak, 6.0)
+    seconds = _seconds(soak, 4.0)
     sending = lab.send(LOAD, seconds, first=warm.instants)
     os.kill(lab.hub.pid, signal.SIGSTOP)
     peak = idle
