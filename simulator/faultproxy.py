@@ -380,6 +380,11 @@ class ThreadedFaultProxy:
         return self.proxy.stats
 
     @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return self.proxy.connections
+
+    @property
     def faults(self) -> LinkFaults:
         return self.proxy.faults
 

@@ -21,7 +21,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,14 +189,64 @@ class FaultLab(Lab):
         """Poll a blocking predicate off the event loop (the sender keeps sending)."""
         await async_wait_until(predicate, timeout, what)
 
-    async def progress(self, counter: Callable[[], int], more: int, what: str) -> None:
-        """Wait until ``counter()`` has grown by ``more`` from now."""
+    async def progress(
+        self,
+        counter: Callable[[], int],
+        more: int,
+        what: str,
+        unless: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Wait until ``counter()`` has grown by ``more`` from now; ``False`` if ``unless()``
+        came true first (e.g. the sender finished and the counter will not grow that far)."""
         start = await asyncio.to_thread(counter)
-        await self.until(lambda: counter() >= start + more, f"{what} (+{more})")
+        reached = [False]
+
+        def done() -> bool:
+            reached[0] = counter() >= start + more
+            return reached[0] or (unless is not None and unless())
+
+        await self.until(done, f"{what} (+{more})")
+        return reached[0]
 
     async def to_thread(self, func: Callable[[], object]) -> None:
         """Run a blocking lab call (start a process and wait for it) off the event loop."""
         await asyncio.to_thread(func)
+
+    async def rounds(
+        self,
+        fault: str,
+        load: Load,
+        seconds: float,
+        rounds: int,
+        strike: Callable[[], Awaitable[object]],
+        *,
+        least: int = 1,
+        most: int = 2000,
+        counters: Sequence[Callable[[], int]] = (),
+    ) -> Outcome:
+        """Send ``seconds`` of ``load``; meanwhile, up to ``rounds`` times, wait for a random
+        amount of progress (50..``most`` readings more, of a counter picked at random from
+        ``counters``: readings stored at the hub by default) and ``await strike()``. Then
+        settle and give the verdict; at least ``least`` strikes must have happened."""
+        choices = list(counters) or [lambda: hub_count(self)]
+        sending = self.send(load, seconds)
+        done = 0
+        while done < rounds and not sending.task.done():
+            counter = self.rng.choice(choices)
+            more = self.rng.randrange(50, most)
+
+            def caught_up() -> bool:  # the sender is done and the edge has no backlog
+                return sending.task.done() and self.unsent() == 0
+
+            if not await self.progress(counter, more, f"progress ({fault})", caught_up):
+                break
+            await strike()
+            done += 1
+        ledger = await sending.finish()
+        await self.settle([ledger])
+        outcome = self.verdict(fault, [ledger], rounds=done)
+        assert done >= least, f"the sender finished after {done} of {rounds} strikes"
+        return outcome
 
     async def restart_edge(self) -> None:
         self.edge.kill()

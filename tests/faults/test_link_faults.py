@@ -8,7 +8,6 @@ from collections.abc import Callable
 import pytest
 
 from simulator.faultproxy import LinkFaults
-from tests.e2e_helpers import hub_count
 from tests.faults.harness import FaultLab, Load
 
 pytestmark = pytest.mark.slow
@@ -23,18 +22,14 @@ async def test_partition_then_heal(make_lab: Callable[..., FaultLab], soak: floa
     lab = make_lab()
     rounds = 2 if not soak else max(2, int(soak / 6))
     backlog = int(LOAD.readings_per_s * 1.5)
-    sending = lab.send(LOAD, 2.0 + rounds * 2.5 + soak)
-    done = 0
-    while done < rounds and not sending.task.done():
-        await lab.progress(lambda: hub_count(lab), lab.rng.randrange(100, 2000), "forwarding")
+
+    async def partition() -> None:
         lab.proxy.set_faults(cut=True)
         await lab.until(lambda: lab.unsent() >= backlog, f"a backlog of {backlog} at the edge")
         lab.proxy.heal()
-        done += 1
-    ledger = await sending.finish()
-    await lab.settle([ledger])
-    lab.verdict("partition (proxy cut) and heal", [ledger], rounds=done)
-    assert done >= 1
+
+    seconds = 2.0 + rounds * 2.5 + soak
+    await lab.rounds("partition (proxy cut) and heal", LOAD, seconds, rounds, partition)
 
 
 async def test_slow_link(make_lab: Callable[..., FaultLab], soak: float) -> None:
@@ -73,13 +68,10 @@ async def test_connection_resets(make_lab: Callable[..., FaultLab], soak: float)
     """TCP RST of the edge's NATS connection at random points of progress (the hub's
     connection to NATS is not proxied and stays up)."""
     lab = make_lab()
+
+    async def reset() -> None:
+        await lab.until(lambda: lab.proxy.connections > 0, "the edge connected to NATS")
+        assert lab.proxy.reset() == 1  # the edge's one NATS connection
+
     rounds = 6 if not soak else max(6, int(soak))
-    sending = lab.send(LOAD, max(5.0, soak))
-    done = 0
-    while done < rounds and not sending.task.done():
-        await lab.progress(lambda: hub_count(lab), lab.rng.randrange(50, 1500), "forwarding")
-        done += lab.proxy.reset()
-    ledger = await sending.finish()
-    await lab.settle([ledger])
-    lab.verdict("connection resets (RST)", [ledger], rounds=done)
-    assert done >= 3
+    await lab.rounds("connection resets (RST)", LOAD, max(5.0, soak), rounds, reset, least=3)

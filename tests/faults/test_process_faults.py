@@ -28,58 +28,43 @@ async def test_edge_kill9_at_random_points(make_lab: Callable[..., FaultLab], so
     point is a random amount of progress of a random kind (readings committed by the edge,
     or stored by the hub), drawn from the seed."""
     lab = make_lab()
-    rounds = 5 if not soak else max(5, int(soak / 2))
-    sending = lab.send(LOAD, _seconds(soak, 7.0))
-    done = 0
-    while done < rounds and not sending.task.done():
-        more = lab.rng.randrange(50, 3000)
-        if lab.rng.random() < 0.5:
-            await lab.progress(lab.committed, more, "the edge to commit readings")
-        else:
-            await lab.progress(lambda: hub_count(lab), more, "the hub to store readings")
-        await lab.restart_edge()
-        done += 1
-    ledger = await sending.finish()
-    await lab.settle([ledger])
-    lab.verdict("edge kill -9 at random points", [ledger], rounds=done)
-    assert done >= 3, "the sender finished before three kills"
+    await lab.rounds(
+        "edge kill -9 at random points",
+        LOAD,
+        _seconds(soak, 7.0),
+        5 if not soak else max(5, int(soak / 2)),
+        lab.restart_edge,
+        least=3,
+        most=3000,
+        counters=(lab.committed, lambda: hub_count(lab)),
+    )
 
 
 async def test_hub_kill9_during_ingest(make_lab: Callable[..., FaultLab], soak: float) -> None:
     """SIGKILL of the hub between a commit and its acks: JetStream redelivers, the store's
     (tenant, edge, seq) key makes the redelivery a no-op."""
     lab = make_lab()
-    rounds = 3 if not soak else max(3, int(soak / 3))
-    sending = lab.send(LOAD, _seconds(soak, 5.0))
-    done = 0
-    while done < rounds and not sending.task.done():
-        await lab.progress(lambda: hub_count(lab), lab.rng.randrange(50, 2000), "hub ingest")
+
+    async def kill() -> None:
         lab.hub.kill()
         await lab.to_thread(lab.start_hub)
-        done += 1
-    ledger = await sending.finish()
-    await lab.settle([ledger])
-    lab.verdict("hub kill -9 during ingest", [ledger], rounds=done)
-    assert done >= 2
+
+    rounds = 3 if not soak else max(3, int(soak / 3))
+    await lab.rounds("hub kill -9 during ingest", LOAD, _seconds(soak, 5.0), rounds, kill, least=2)
 
 
 async def test_nats_kill9_and_restart(make_lab: Callable[..., FaultLab], soak: float) -> None:
     """SIGKILL of nats-server while batches are in flight, restarted once the edge has a
     backlog: publishes that timed out are retried with the same Nats-Msg-Id."""
     lab = make_lab()
-    rounds = 2 if not soak else max(2, int(soak / 4))
-    sending = lab.send(LOAD, _seconds(soak, 5.0))
-    done = 0
-    while done < rounds and not sending.task.done():
-        await lab.progress(lambda: hub_count(lab), lab.rng.randrange(50, 2000), "forwarding")
+
+    async def kill() -> None:
         lab.nats.kill()
         await lab.until(lambda: lab.unsent() > 0, "a backlog at the edge")
         await lab.to_thread(lab.nats.start)
-        done += 1
-    ledger = await sending.finish()
-    await lab.settle([ledger])
-    lab.verdict("NATS kill -9 and restart", [ledger], rounds=done)
-    assert done >= 1
+
+    rounds = 2 if not soak else max(2, int(soak / 4))
+    await lab.rounds("NATS kill -9 and restart", LOAD, _seconds(soak, 5.0), rounds, kill)
 
 
 @pytest.mark.parametrize("away", ["hub", "nats"])
