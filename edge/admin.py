@@ -19,6 +19,8 @@ Status document::
                    "last_error": str | null}}
 
 Counters count since the edge process started; ``buffer`` is what the buffer file holds.
+A BLE source's entry has more fields (adapter, per-device RSSI: see
+:class:`edge.sources.ble.BleStats`).
 """
 
 from __future__ import annotations

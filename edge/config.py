@@ -10,6 +10,7 @@ resolved against the folder of the config file.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -17,13 +18,16 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from contract.errors import ConfigError
+from contract.model import valid_name
 from contract.names import TOKEN_RE
 from contract.settings import bounded, read_toml, section, split_host_port, table
 from edge.buffer import BufferLimits
+from edge.sources.ble_decoders import BleDecoder
 from edge.sources.topics import TopicPattern, filters_overlap
 
 __all__ = [
     "AdminSettings",
+    "BleSettings",
     "BufferSettings",
     "EdgeConfig",
     "EdgeSettings",
@@ -31,6 +35,7 @@ __all__ = [
     "FullPolicy",
     "MqttSettings",
     "PayloadFormat",
+    "ScanningMode",
     "Synchronous",
     "TopicSettings",
     "load_config",
@@ -214,6 +219,60 @@ class MqttSettings:
         return urlsplit(self.url).port or 1883
 
 
+class ScanningMode(StrEnum):
+    """How a ``[[ble]]`` source scans (see :mod:`edge.sources.ble`)."""
+
+    PASSIVE = "passive"
+    """Listen only (no scan requests); falls back to active, with a log line, where the
+    adapter or BlueZ cannot scan passively."""
+    ACTIVE = "active"
+    """Send scan requests (devices answer with scan responses; more radio traffic)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BleSettings:
+    """``[[ble]]``: one Bluetooth LE source (a scanner on one adapter, one decoder)."""
+
+    name: str = "ble"
+    """Source name used in counters, logs and the status API (``[A-Za-z0-9_-]{1,64}``)."""
+    adapter: str = ""
+    """Bluetooth adapter (``"hci0"``); ``""`` is the system's default adapter."""
+    decoder: BleDecoder = BleDecoder.BTHOME
+    """``"bthome"`` (BTHome v2), ``"ruuvi"`` (RuuviTag data format 5) or ``"raw"``
+    (manufacturer/service data kept as hex; needs an allowlist)."""
+    scanning_mode: ScanningMode = ScanningMode.PASSIVE
+    """``"passive"`` (falls back to active where unsupported, with a log line) or
+    ``"active"``."""
+    addresses: tuple[str, ...] = ()
+    """Allowlist by address (``["A4:C1:38:8D:18:B2"]``, any case). With ``names`` and
+    ``devices`` empty too, every device with data for the decoder is kept."""
+    names: tuple[str, ...] = ()
+    """Allowlist by advertised local name: exact names or shell patterns (``"ATC_*"``,
+    ``"Ruuvi ????"``), case-sensitive."""
+    devices: tuple[tuple[str, str], ...] = ()
+    """Device ids by address, a table ``{ "A4:C1:38:8D:18:B2" = "greenhouse-1" }``; these
+    addresses are allowed too. Other devices are named ``ble-<address hex digits>``."""
+    queue_size: int = bounded(10_000, lo=1, hi=1_000_000)
+    """Advertisements waiting to be decoded or committed, 1..1000000; past that new ones are
+    dropped and counted (``queue-full``): the radio cannot be slowed down."""
+    max_devices: int = bounded(1_000, lo=1, hi=100_000)
+    """Devices whose RSSI and last advertisement are remembered (for the status API and
+    duplicate detection), 1..100000; the longest unseen is forgotten first."""
+    retry_initial_s: float = bounded(1.0, lo=0.01, hi=60.0)
+    """First delay before retrying an adapter that cannot scan (doubles, with jitter),
+    0.01..60 seconds."""
+    retry_max_s: float = bounded(60.0, lo=0.01, hi=3_600.0)
+    """Longest retry delay, at least ``retry_initial_s``, at most 3600 seconds."""
+    watchdog_s: float = bounded(300.0, lo=0.0, hi=86_400.0)
+    """Restart scanning when no advertisement at all arrived for this long (an adapter that
+    went away silently), seconds; 0 turns it off, at most 86400."""
+
+    @property
+    def device_names(self) -> dict[str, str]:
+        """Address (upper case) -> device id, from ``devices``."""
+        return dict(self.devices)
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeConfig:
     """The whole configuration of one edge."""
@@ -223,6 +282,7 @@ class EdgeConfig:
     forwarder: ForwarderSettings = field(default_factory=ForwarderSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     mqtt: tuple[MqttSettings, ...] = ()
+    ble: tuple[BleSettings, ...] = ()
     path: Path | None = None
     """The file this configuration was read from (``None`` if built in code)."""
 
@@ -239,6 +299,7 @@ def load_config(path: Path | str) -> EdgeConfig:
 def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) -> EdgeConfig:
     """Check an already parsed TOML document; relative paths are resolved against ``base``."""
     sections = {"edge", "buffer", "forwarder", "admin", "mqtt"}
+    sections.add("ble")
     for key in raw:
         if key not in sections:
             raise ConfigError(key, f"unknown section (known: {', '.join(sorted(sections))})")
@@ -283,8 +344,9 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"mqtt[{i}].name", f"{name!r} is already the name of another source")
+    ble = _ble_sections(raw, names)
     return EdgeConfig(
-        edge=edge, buffer=buffer, forwarder=forwarder, admin=admin, mqtt=mqtt, path=path
+        edge=edge, buffer=buffer, forwarder=forwarder, admin=admin, mqtt=mqtt, ble=ble, path=path
     )
 
 
@@ -339,3 +401,86 @@ def _mqtt(raw: object, prefix: str, edge_id: str, base: Path) -> MqttSettings:
                 )
         topics.append(topic)
     return dataclasses.replace(settings, client_id=client_id, topics=tuple(topics))
+
+
+_BLE_ADDRESS_RE: Final = re.compile(
+    r"^(?:[0-9A-F]{2}(?::[0-9A-F]{2}){5}"
+    r"|[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12})$"
+)
+
+
+def _ble_sections(raw: dict[str, Any], taken: list[str]) -> tuple[BleSettings, ...]:
+    ble_raw = raw.get("ble", [])
+    if not isinstance(ble_raw, list):
+        raise ConfigError("ble", "must be an array of tables ([[ble]])")
+    out: list[BleSettings] = []
+    for i, item in enumerate(ble_raw):
+        prefix = f"ble[{i}]"
+        settings = _ble(item, prefix)
+        if settings.name in taken or any(b.name == settings.name for b in out):
+            raise ConfigError(
+                f"{prefix}.name", f"{settings.name!r} is already the name of another source"
+            )
+        out.append(settings)
+    return tuple(out)
+
+
+def _ble(raw: object, prefix: str) -> BleSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix, "must be a table")
+    special = ("addresses", "names", "devices")
+    rest = {k: v for k, v in raw.items() if k not in special}
+    settings = section(BleSettings, rest, prefix, Path())
+    if not TOKEN_RE.match(settings.name):
+        raise ConfigError(f"{prefix}.name", f"must match {TOKEN_RE.pattern}, got {settings.name!r}")
+    if settings.adapter and not re.fullmatch(r"[A-Za-z0-9_:.-]{1,64}", settings.adapter):
+        raise ConfigError(f"{prefix}.adapter", f"not an adapter name, got {settings.adapter!r}")
+    if settings.retry_max_s < settings.retry_initial_s:
+        raise ConfigError(
+            f"{prefix}.retry_max_s",
+            f"must be at least {prefix}.retry_initial_s ({settings.retry_initial_s}), "
+            f"got {settings.retry_max_s}",
+        )
+    addresses = tuple(
+        _ble_address(a, f"{prefix}.addresses[{j}]")
+        for j, a in enumerate(_string_list(raw.get("addresses", []), f"{prefix}.addresses"))
+    )
+    names = _string_list(raw.get("names", []), f"{prefix}.names")
+    for j, pattern in enumerate(names):
+        if not pattern or len(pattern) > 248:
+            raise ConfigError(f"{prefix}.names[{j}]", "must be 1..248 characters")
+    devices_raw = raw.get("devices", {})
+    if not isinstance(devices_raw, dict):
+        raise ConfigError(
+            f"{prefix}.devices", 'must be a table like { "A4:C1:38:8D:18:B2" = "greenhouse-1" }'
+        )
+    devices: list[tuple[str, str]] = []
+    for address, device in devices_raw.items():
+        key = f"{prefix}.devices.{address!r}"
+        if not isinstance(device, str) or not valid_name(device):
+            raise ConfigError(key, f"must be a device id (1..128 characters), got {device!r}")
+        normalised = _ble_address(address, key)
+        if any(a == normalised for a, _ in devices):
+            raise ConfigError(key, "the same address is listed twice")
+        devices.append((normalised, device))
+    if settings.decoder is BleDecoder.RAW and not (addresses or names or devices):
+        raise ConfigError(
+            f"{prefix}.decoder",
+            "'raw' keeps every advertisement's bytes: give addresses, names or devices",
+        )
+    return dataclasses.replace(
+        settings, addresses=addresses, names=tuple(names), devices=tuple(devices)
+    )
+
+
+def _string_list(value: object, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, f"must be an array of strings, got {value!r}")
+    return list(value)
+
+
+def _ble_address(value: str, key: str) -> str:
+    address = value.upper()
+    if not _BLE_ADDRESS_RE.match(address):
+        raise ConfigError(key, f"must be a Bluetooth address like A4:C1:38:8D:18:B2, got {value!r}")
+    return address

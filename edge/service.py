@@ -25,6 +25,7 @@ from edge.batcher import Batcher
 from edge.buffer import Buffer
 from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
+from edge.sources.ble import BleSource
 from edge.sources.mqtt import MqttSource
 from edge.stats import EdgeStats
 
@@ -98,8 +99,11 @@ async def _serve(
     )
     _log.debug("dedupe window: %d digests loaded (window %d)", loaded, window)
     async with contextlib.AsyncExitStack() as stack:
-        sources = [
+        sources: list[MqttSource | BleSource] = [
             await stack.enter_async_context(MqttSource(m, batcher, stats)) for m in config.mqtt
+        ]
+        sources += [
+            await stack.enter_async_context(BleSource(b, batcher, stats)) for b in config.ble
         ]
         listen = await admin.start() if config.admin.enabled else "off"
         stack.push_async_callback(admin.stop)
