@@ -31,11 +31,11 @@ async def test_edge_kill9_at_random_points(make_lab: Callable[..., FaultLab], so
     await lab.rounds(
         "edge kill -9 at random points",
         LOAD,
-        _seconds(soak, 7.0),
+        _seconds(soak, 8.0),
         5 if not soak else max(5, int(soak / 2)),
         lab.restart_edge,
         least=3,
-        most=3000,
+        most=1500,
         counters=(lab.committed, lambda: hub_count(lab)),
     )
 
