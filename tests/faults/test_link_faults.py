@@ -45,10 +45,10 @@ async def test_slow_link(make_lab: Callable[..., FaultLab], soak: float) -> None
 
 
 async def test_lossy_link(make_lab: Callable[..., FaultLab], soak: float) -> None:
-    """5 % of chunks hit by loss: most stall 0.2-1 s (retransmission), a fifth of the loss
+    """10 % of chunks hit by loss: most stall 0.2-1 s (retransmission), a quarter of the loss
     events reset the connection (the client reconnects and publishes again)."""
     lab = make_lab()
-    faults = LinkFaults(loss=0.05, reset_share=0.2)
+    faults = LinkFaults(loss=0.1, reset_share=0.25)
     lab.proxy.set_faults(faults)
     sending = lab.send(LOAD, max(5.0, soak))
     ledger = await sending.finish()
