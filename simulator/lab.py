@@ -42,6 +42,10 @@ class LabSettings:
         ("devices/{device}", "json"),
     )
     env: dict[str, str] = field(default_factory=dict)
+    extra_buffer_toml: str = ""
+    """Lines added to the edge's ``[buffer]`` section (e.g. ``max_bytes = ...``)."""
+    extra_forwarder_toml: str = ""
+    """Lines added to the edge's ``[forwarder]`` section (e.g. ``backoff_max_s = 1.0``)."""
 
 
 class ManagedProcess:
@@ -55,6 +59,8 @@ class ManagedProcess:
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}
+        self.prefix: list[str] = []
+        """A command run in front of Python (e.g. ``["fiu-run", "-x"]``: fault injection)."""
 
     def start(self) -> Self:
         if self.running:
@@ -63,6 +69,7 @@ class ManagedProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
+                    *self.prefix,
                     sys.executable,
                     "-m",
                     self.module,
@@ -155,6 +162,8 @@ class Lab:
         self.hub.env = dict(self.settings.env)
         self.edge.env = dict(self.settings.env)
         self._token: str | None = None
+        self.edge_nats_url: str | None = None
+        """Where the edge finds NATS, if not at ``nats.url`` (a fault proxy in between)."""
 
     # ----------------------------------------------------------------- configs
     def _write_configs(self) -> None:
@@ -176,9 +185,11 @@ class Lab:
             "[buffer]\n"
             f"flush_interval_ms = {s.flush_interval_ms}\n"
             f"max_batch_readings = {s.max_batch_readings}\n"
+            f"{s.extra_buffer_toml}"
             "[forwarder]\n"
-            f'nats_url = "{self.nats.url}"\n'
+            f'nats_url = "{self.edge_nats_url or self.nats.url}"\n'
             f"max_in_flight = {s.max_in_flight}\n"
+            f"{s.extra_forwarder_toml}"
             "[admin]\n"
             f'listen = "127.0.0.1:{self.admin_port}"\n'
             "[[mqtt]]\n"

@@ -14,8 +14,7 @@ import json
 import sqlite3
 import struct
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -25,6 +24,7 @@ from nats.js.api import StreamConfig
 from contract.codec import decode_batch
 from contract.model import Reading
 from contract.names import STREAM_NAME, STREAM_SUBJECTS
+from simulator.faultproxy import Conn, FaultProxy
 from simulator.lab import ManagedProcess
 from tests.polling import until as poll
 
@@ -161,82 +161,56 @@ class SeenPublish:
     payload: bytes
 
 
-@dataclass
 class MqttProxy:
     """A TCP proxy between the edge and the broker that parses MQTT in both directions.
 
     ``pubacks`` lists ``(mid, reason)`` of every PUBACK the edge sent; ``publishes`` every
     PUBLISH the broker delivered to the edge. With ``hold_pubacks`` set, the edge's PUBACKs
-    are recorded but not passed on (the broker never learns of them). :meth:`cut` closes
-    every connection (the broker sees the edge vanish).
+    are recorded but not passed on (the broker never learns of them). :meth:`cut` resets
+    every connection (the broker sees the edge vanish). The TCP part is the fault suite's
+    :class:`simulator.faultproxy.FaultProxy`; this adds the MQTT parsing as its chunk hooks.
     """
 
-    upstream_port: int
-    port: int = 0
-    hold_pubacks: bool = False
-    pubacks: list[tuple[int, int]] = field(default_factory=list)
-    publishes: list[SeenPublish] = field(default_factory=list)
-    connections: int = 0
-    _server: asyncio.Server | None = None
-    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    def __init__(self, upstream_port: int, *, hold_pubacks: bool = False) -> None:
+        self.hold_pubacks = hold_pubacks
+        self.pubacks: list[tuple[int, int]] = []
+        self.publishes: list[SeenPublish] = []
+        self._bufs: dict[tuple[int, str], bytearray] = {}
+        self._proxy = FaultProxy(upstream_port, up=self._up, down=self._down)
+
+    @property
+    def port(self) -> int:
+        return self._proxy.port
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far."""
+        return self._proxy.stats.accepted
+
     async def __aenter__(self) -> Self:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        await self._proxy.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
-        self.cut()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        await self._proxy.stop()
 
     def cut(self) -> None:
-        for w in self._writers:
-            w.transport.abort()
-        self._writers.clear()
+        self._proxy.reset_now()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.connections += 1
-        self._writers += [writer, up_writer]
-        await asyncio.gather(
-            self._pipe(reader, up_writer, self._from_edge),
-            self._pipe(up_reader, writer, self._from_broker),
-            return_exceptions=True,
-        )
-        writer.transport.abort()
-        up_writer.transport.abort()
+    def _packets(self, conn: Conn, direction: str, data: bytes) -> list[bytes]:
+        buf = self._bufs.setdefault((conn.number, direction), bytearray())
+        buf += data
+        return _split_packets(buf)
 
-    async def _pipe(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        inspect: Callable[[bytes], bool],
-    ) -> None:
-        buf = bytearray()
-        try:
-            while data := await reader.read(65536):
-                buf += data
-                out = b"".join(p for p in _split_packets(buf) if inspect(p))
-                if out:
-                    writer.write(out)
-        finally:
-            writer.transport.abort()
+    def _up(self, conn: Conn, data: bytes) -> bytes:
+        return b"".join(p for p in self._packets(conn, "up", data) if self._from_edge(p))
+
+    def _down(self, conn: Conn, data: bytes) -> bytes:
+        return b"".join(p for p in self._packets(conn, "down", data) if self._from_broker(p))
 
     def _from_edge(self, packet: bytes) -> bool:
         if packet[0] & 0xF0 == 0x40:  # PUBACK
