@@ -26,6 +26,7 @@ from edge.buffer import Buffer
 from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
 from edge.sources.mqtt import MqttSource
+from edge.sources.serial import SerialSource
 from edge.stats import EdgeStats
 
 __all__ = ["FINAL_FLUSH_TIMEOUT_S", "run_edge"]
@@ -98,9 +99,14 @@ async def _serve(
     )
     _log.debug("dedupe window: %d digests loaded (window %d)", loaded, window)
     async with contextlib.AsyncExitStack() as stack:
-        sources = [
+        sources: list[MqttSource | SerialSource] = [
             await stack.enter_async_context(MqttSource(m, batcher, stats)) for m in config.mqtt
         ]
+        sources += [
+            await stack.enter_async_context(SerialSource(s, batcher, stats)) for s in config.serial
+        ]
+        for s in config.serial:
+            _log.info("serial source %s: %s, parser %s", s.name, s.port, s.parser.value)
         listen = await admin.start() if config.admin.enabled else "off"
         stack.push_async_callback(admin.stop)
         async with asyncio.TaskGroup() as tg:

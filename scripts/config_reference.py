@@ -21,6 +21,7 @@ SECTIONS = {
         ("[admin]", edge_config.AdminSettings),
         ("[[mqtt]]", edge_config.MqttSettings),
         ("mqtt.topics = [{...}]", edge_config.TopicSettings),
+        ("[[serial]]", edge_config.SerialSettings),
     ],
     "cairn-hub": [
         ("[hub]", hub_config.HubSettings),
