@@ -14,13 +14,13 @@ counted by reason (``rejected``) and logged rate-limited, its neighbours kept. E
 
 Commit: a serial device cannot be asked to send again, so there is no acknowledgement to hold
 back. Parsed readings wait in a bounded backlog (``max_pending_readings``; past it new
-readings are refused with reason ``overload``), and one task hands them to the
-:class:`~edge.batcher.Sink` in order, everything that arrived during the previous commit at
-once (``submit`` returns after the commit: one commit in flight per port). When the buffer
-refuses a commit (``refuse-new`` budget full, disk error) the batcher counts the readings as
-refused and the source goes on with the next lines; at shutdown, readings the batcher no longer
-takes are counted as refused (``closed``). A submit the codec refuses is retried line by line so
-that only the bad line is lost (``bad-value``).
+readings are refused with reason ``overload``), and are handed to the
+:class:`~edge.batcher.Sink` in order, in submits of up to 10,000 readings (whole lines), up to
+four in flight (``submit`` returns after the commit; the batcher commits in submit order).
+When the buffer refuses a commit (``refuse-new`` budget full, disk error) the batcher counts
+the readings as refused and the source goes on with the next lines; at shutdown, readings the
+batcher no longer takes are counted as refused (``closed``). A submit the codec refuses is
+retried line by line so that only the bad line is lost (``bad-value``).
 
 The port going away (USB unplug, a read error, end of file) closes it, marks the source
 disconnected in the status API and reopens it with capped, jittered backoff for as long as it
@@ -63,6 +63,9 @@ _log = logging.getLogger(__name__)
 _READ_BYTES: Final = 1 << 16
 _SUBMIT_MAX: Final = 10_000
 """Most readings handed to the sink in one submit (whole lines; one longer line goes alone)."""
+_MAX_SUBMITS: Final = 4
+"""Submits in flight at once: the next ones queue in the batcher while one commits, so a
+submit smaller than a batch does not wait a flush interval alone. Commits keep their order."""
 _STOP_TIMEOUT_S: Final = 10.0
 _PARITY: Final = {
     Parity.NONE: serial.PARITY_NONE,
@@ -114,6 +117,8 @@ class SerialSource:
         """Set while nothing waits to be committed (backlog empty, no submit in flight)."""
         self._empty.set()
         self._in_flight = 0
+        """Readings handed to the sink and not yet committed (or refused)."""
+        self._submits = 0
         self._stopping = False
         self._port: serial.Serial | None = None
         self._fd: int | None = None
@@ -146,7 +151,7 @@ class SerialSource:
         """Keep the port open and its readings flowing until :meth:`stop` (or cancellation)."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._port_loop(), name=f"serial-{self.name}-port")
-            tg.create_task(self._submit_loop(), name=f"serial-{self.name}-submit")
+            tg.create_task(self._submit_loop(tg), name=f"serial-{self.name}-submit")
 
     async def stop(self) -> None:
         """Orderly stop: close the port, then commit what was read (a partial line is lost)."""
@@ -360,21 +365,32 @@ class SerialSource:
         self._backlog_n -= n
         return take
 
-    async def _submit_loop(self) -> None:
+    async def _submit_loop(self, tg: asyncio.TaskGroup) -> None:
         while True:
-            if not self._backlog:
-                self._empty.set()
-                if self._stopping:
-                    return
+            if not self._backlog or self._submits >= _MAX_SUBMITS:
+                if not self._backlog and not self._submits:
+                    self._empty.set()
+                    if self._stopping:
+                        return
                 self._more.clear()
                 await self._more.wait()
                 continue
             take = self._take()
-            self._in_flight = sum(len(line) for line in take)
-            try:
-                await self._submit(take)
-            finally:
-                self._in_flight = 0
+            n = sum(len(line) for line in take)
+            self._in_flight += n
+            self._submits += 1
+            tg.create_task(self._submit_one(take, n), name=f"serial-{self.name}-commit")
+
+    async def _submit_one(self, take: list[list[Reading]], n: int) -> None:
+        try:
+            await self._submit(take)
+        except Exception as exc:  # never let one submit end the source
+            _log.exception("source %s: unexpected error committing %d readings", self.name, n)
+            self._stats.refused(self.name, "internal-error", n, repr(exc))
+        finally:
+            self._in_flight -= n
+            self._submits -= 1
+            self._more.set()
 
     async def _submit(self, lines: list[list[Reading]]) -> None:
         readings = lines[0] if len(lines) == 1 else [r for line in lines for r in line]
