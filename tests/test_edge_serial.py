@@ -451,3 +451,25 @@ def test_serial_and_mqtt_sources_need_distinct_names(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert err.value.key == "serial[0].name"
+
+
+async def test_a_path_that_is_no_serial_port_is_retried_not_fatal(tmp_path: Path) -> None:
+    stats = EdgeStats()
+    settings = SerialSettings(
+        port="/dev/null",  # exists, but no tty: the open fails like a wrong by-id link would
+        device="d",
+        parser=LineFormat.JSON,
+        reconnect_initial_s=0.01,
+        reconnect_max_s=0.02,
+    )
+    async with SerialSource(settings, PickySink(), stats) as source:
+        task = asyncio.create_task(source.run())
+        try:
+            await until(lambda: "cannot open /dev/null" in (source.last_error or ""), "a failure")
+            first = source.last_error
+            await until(lambda: source.last_error is not first, "a second attempt")
+            assert not task.done()
+            assert not source.connected
+        finally:
+            await source.stop()
+            await asyncio.wait_for(task, 10)  # stop ends run() by itself

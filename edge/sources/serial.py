@@ -192,9 +192,16 @@ class SerialSource:
             if self._stopping:
                 port.close()
                 break
+            try:
+                self._attach(port)
+            except Exception as exc:  # not a tty the loop can watch: treat as a failed open
+                self._gone(f"cannot watch {s.port}: {exc}")
+                self._close()
+                failures += 1
+                await self._wait_stop(backoff.next())
+                continue
             failures = 0
             backoff.reset()
-            self._attach(port)
             _log.info(
                 "source %s: opened %s (%d baud, %d%s%g, parser %s)",
                 self.name,
