@@ -33,9 +33,12 @@ __all__ = [
     "EdgeSettings",
     "ForwarderSettings",
     "FullPolicy",
+    "LineFormat",
     "MqttSettings",
+    "Parity",
     "PayloadFormat",
     "ScanningMode",
+    "SerialSettings",
     "Synchronous",
     "TopicSettings",
     "load_config",
@@ -296,6 +299,78 @@ class BleSettings:
         return dict(self.devices)
 
 
+class LineFormat(StrEnum):
+    """How a serial source reads its lines (see :mod:`edge.sources.lines`)."""
+
+    JSON = "json"
+    """One JSON object of sensor values per line (optional ``ts``)."""
+    CSV = "csv"
+    """Delimited values; columns named by ``columns`` or by a header line."""
+    KEYVALUE = "keyvalue"
+    """``key=value`` pairs separated by spaces, ``,`` or ``;``."""
+    NMEA = "nmea"
+    """NMEA 0183 GGA and RMC sentences of a GPS receiver, checksum verified."""
+
+
+class Parity(StrEnum):
+    """Serial parity bit."""
+
+    NONE = "none"
+    EVEN = "even"
+    ODD = "odd"
+    MARK = "mark"
+    SPACE = "space"
+
+
+@dataclass(frozen=True, slots=True)
+class SerialSettings:
+    """``[[serial]]``: one serial port (RS-232/RS-485 adapter, USB CDC device, GPS receiver)."""
+
+    port: str
+    """Device path (required). Prefer the stable ``/dev/serial/by-id/...`` name: ``/dev/ttyUSB0``
+    may name another adapter after a replug or a reboot."""
+    device: str
+    """Device id of the readings of this port (required), a valid device name."""
+    parser: LineFormat
+    """``"json"``, ``"csv"``, ``"keyvalue"`` or ``"nmea"`` (required): how lines are read."""
+    name: str = "serial"
+    """Source name used in counters, logs and the status API (``[A-Za-z0-9_-]{1,64}``)."""
+    baud: int = bounded(9600, lo=50, hi=4_000_000)
+    """Line speed in bit/s, 50..4000000."""
+    bytesize: int = bounded(8, lo=5, hi=8)
+    """Data bits per character, 5..8."""
+    parity: Parity = Parity.NONE
+    """``"none"``, ``"even"``, ``"odd"``, ``"mark"`` or ``"space"``."""
+    stopbits: float = bounded(1.0, lo=1.0, hi=2.0)
+    """Stop bits: 1, 1.5 or 2."""
+    rtscts: bool = False
+    """Hardware (RTS/CTS) flow control."""
+    xonxoff: bool = False
+    """Software (XON/XOFF) flow control."""
+    max_line_bytes: int = bounded(4096, lo=16, hi=1 << 20)
+    """Longest line accepted (bytes, without the newline), 16..1048576; a longer one is counted
+    (``too-long``) and skipped up to the next newline."""
+    columns: tuple[str, ...] = ()
+    """``csv``: the column names in order (``""`` skips a column); empty: the names come from
+    the device's header line."""
+    ts_field: str = "ts"
+    """``csv`` and ``keyvalue``: the column or key holding the timestamp (without it the edge
+    stamps the readings)."""
+    delimiter: str = ","
+    """``csv``: the field separator, one character."""
+    sensor_prefix: str = "gps"
+    """``nmea``: the sensors are ``<prefix>/lat``, ``<prefix>/lon``..."""
+    max_pending_readings: int = bounded(100_000, lo=1, hi=10_000_000)
+    """Readings read and not yet handed to the buffer, 1..10000000; past it new readings are
+    refused (counter ``refused.overload``): a serial device cannot be told to wait."""
+    reconnect_initial_s: float = bounded(0.5, lo=0.01, hi=60.0)
+    """First wait before reopening a port that is gone or failed (seconds; doubles, with
+    jitter), 0.01..60."""
+    reconnect_max_s: float = bounded(30.0, lo=0.01, hi=3600.0)
+    """Longest wait between two attempts to reopen the port (seconds), at least
+    ``reconnect_initial_s``, at most 3600."""
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeConfig:
     """The whole configuration of one edge."""
@@ -308,6 +383,7 @@ class EdgeConfig:
     ble: tuple[BleSettings, ...] = ()
     path: Path | None = None
     """The file this configuration was read from (``None`` if built in code)."""
+    serial: tuple[SerialSettings, ...] = ()
 
 
 # --------------------------------------------------------------------------- loading
@@ -321,7 +397,7 @@ def load_config(path: Path | str) -> EdgeConfig:
 
 def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) -> EdgeConfig:
     """Check an already parsed TOML document; relative paths are resolved against ``base``."""
-    sections = {"edge", "buffer", "forwarder", "admin", "mqtt"}
+    sections = {"edge", "buffer", "forwarder", "admin", "mqtt", "serial"}
     sections.add("ble")
     for key in raw:
         if key not in sections:
@@ -368,8 +444,16 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
         if name in names[:i]:
             raise ConfigError(f"mqtt[{i}].name", f"{name!r} is already the name of another source")
     ble = _ble_sections(raw, names)
+    serial = _serial_sources(raw, base, names + [b.name for b in ble])
     return EdgeConfig(
-        edge=edge, buffer=buffer, forwarder=forwarder, admin=admin, mqtt=mqtt, ble=ble, path=path
+        edge=edge,
+        buffer=buffer,
+        forwarder=forwarder,
+        admin=admin,
+        mqtt=mqtt,
+        ble=ble,
+        path=path,
+        serial=serial,
     )
 
 
@@ -448,6 +532,25 @@ def _ble_sections(raw: dict[str, Any], taken: list[str]) -> tuple[BleSettings, .
     return tuple(out)
 
 
+def _serial_sources(
+    raw: dict[str, Any], base: Path, taken: list[str]
+) -> tuple[SerialSettings, ...]:
+    items = raw.get("serial", [])
+    if not isinstance(items, list):
+        raise ConfigError("serial", "must be an array of tables ([[serial]])")
+    names = list(taken)
+    out: list[SerialSettings] = []
+    for i, item in enumerate(items):
+        settings = _serial(item, f"serial[{i}]", base)
+        if settings.name in names:
+            raise ConfigError(
+                f"serial[{i}].name", f"{settings.name!r} is already the name of another source"
+            )
+        names.append(settings.name)
+        out.append(settings)
+    return tuple(out)
+
+
 def _ble(raw: object, prefix: str) -> BleSettings:
     if not isinstance(raw, dict):
         raise ConfigError(prefix, "must be a table")
@@ -507,3 +610,48 @@ def _ble_address(value: str, key: str) -> str:
     if not _BLE_ADDRESS_RE.match(address):
         raise ConfigError(key, f"must be a Bluetooth address like A4:C1:38:8D:18:B2, got {value!r}")
     return address
+
+
+def _serial(raw: object, prefix: str, base: Path) -> SerialSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix, "must be a table")
+    columns_raw = raw.get("columns", [])
+    rest = {k: v for k, v in raw.items() if k != "columns"}
+    settings = section(SerialSettings, rest, prefix, base)
+    if not TOKEN_RE.match(settings.name):
+        raise ConfigError(f"{prefix}.name", f"must match {TOKEN_RE.pattern}, got {settings.name!r}")
+    if not settings.port:
+        raise ConfigError(f"{prefix}.port", "must be a device path like /dev/serial/by-id/...")
+    if not valid_name(settings.device):
+        raise ConfigError(f"{prefix}.device", f"is not a valid device name: {settings.device!r}")
+    if settings.stopbits not in {1.0, 1.5, 2.0}:
+        raise ConfigError(f"{prefix}.stopbits", f"must be 1, 1.5 or 2, got {settings.stopbits}")
+    if len(settings.delimiter) != 1 or settings.delimiter in {"\n", "\r", '"'}:
+        raise ConfigError(
+            f"{prefix}.delimiter", f"must be one character, got {settings.delimiter!r}"
+        )
+    if not valid_name(settings.ts_field):
+        raise ConfigError(f"{prefix}.ts_field", f"is not a valid key: {settings.ts_field!r}")
+    if not valid_name(settings.sensor_prefix):
+        raise ConfigError(
+            f"{prefix}.sensor_prefix", f"is not a valid sensor name: {settings.sensor_prefix!r}"
+        )
+    if settings.reconnect_max_s < settings.reconnect_initial_s:
+        raise ConfigError(
+            f"{prefix}.reconnect_max_s",
+            f"must be at least reconnect_initial_s ({settings.reconnect_initial_s}), "
+            f"got {settings.reconnect_max_s}",
+        )
+    if not isinstance(columns_raw, list) or not all(isinstance(c, str) for c in columns_raw):
+        raise ConfigError(f"{prefix}.columns", "must be an array of column names (strings)")
+    named = [c for c in columns_raw if c]
+    for c in named:
+        if not valid_name(c):
+            raise ConfigError(f"{prefix}.columns", f"{c!r} is not a valid sensor name")
+    if len(set(named)) != len(named):
+        raise ConfigError(f"{prefix}.columns", "a column name appears twice")
+    if columns_raw and settings.parser is not LineFormat.CSV:
+        raise ConfigError(f"{prefix}.columns", "is only for parser 'csv'")
+    if columns_raw and not any(c and c != settings.ts_field for c in columns_raw):
+        raise ConfigError(f"{prefix}.columns", "names no sensor column")
+    return dataclasses.replace(settings, columns=tuple(columns_raw))

@@ -27,6 +27,7 @@ from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
 from edge.sources.ble import BleSource
 from edge.sources.mqtt import MqttSource
+from edge.sources.serial import SerialSource
 from edge.stats import EdgeStats
 
 __all__ = ["FINAL_FLUSH_TIMEOUT_S", "run_edge"]
@@ -102,12 +103,17 @@ async def _serve(
     )
     _log.debug("dedupe window: %d digests loaded (window %d)", loaded, window)
     async with contextlib.AsyncExitStack() as stack:
-        sources: list[MqttSource | BleSource] = [
+        sources: list[MqttSource | BleSource | SerialSource] = [
             await stack.enter_async_context(MqttSource(m, batcher, stats)) for m in config.mqtt
         ]
         sources += [
             await stack.enter_async_context(BleSource(b, batcher, stats)) for b in config.ble
         ]
+        sources += [
+            await stack.enter_async_context(SerialSource(s, batcher, stats)) for s in config.serial
+        ]
+        for s in config.serial:
+            _log.info("serial source %s: %s, parser %s", s.name, s.port, s.parser.value)
         listen = await admin.start() if config.admin.enabled else "off"
         stack.push_async_callback(admin.stop)
         async with asyncio.TaskGroup() as tg:

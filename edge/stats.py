@@ -80,6 +80,9 @@ class SourceStats:
     refused: Counter[str] = field(default_factory=Counter)
     """Readings turned away uncommitted, per reason (``full``: the budget under
     ``refuse-new``; ``disk-error``: the buffer cannot be written; ``closed``: shutting down)."""
+    ignored: Counter[str] = field(default_factory=Counter)
+    """Well-formed input with nothing to keep, per kind (a serial CSV header line, an NMEA
+    sentence type other than GGA/RMC); not an error. In the status document only once seen."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -90,7 +93,7 @@ class SourceStats:
             "redelivered-duplicate": self.duplicates,
             "dropped": dict(sorted(self.dropped.items())),
             "refused": dict(sorted(self.refused.items())),
-        }
+        } | ({"ignored": dict(sorted(self.ignored.items()))} if self.ignored else {})
 
 
 @dataclass
@@ -151,6 +154,10 @@ class EdgeStats:
     def duplicate(self, source: str) -> None:
         self.source(source).duplicates += 1
         self.counters["redelivered-duplicate"] += 1
+
+    def ignored(self, source: str, kind: str) -> None:
+        """Count a message with nothing to keep (not an error: not logged above DEBUG)."""
+        self.source(source).ignored[kind] += 1
 
     def dropped(self, source: str, reason: str, readings: int, detail: str) -> None:
         """Count committed readings deleted unsent; log it, rate-limited per (source, reason)."""

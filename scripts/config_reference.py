@@ -22,6 +22,7 @@ SECTIONS = {
         ("[[mqtt]]", edge_config.MqttSettings),
         ("mqtt.topics = [{...}]", edge_config.TopicSettings),
         ("[[ble]]", edge_config.BleSettings),
+        ("[[serial]]", edge_config.SerialSettings),
     ],
     "cairn-hub": [
         ("[hub]", hub_config.HubSettings),

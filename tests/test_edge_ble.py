@@ -205,7 +205,7 @@ async def test_recorded_advertisements_become_exact_readings_in_the_buffer(
             Reading("greenhouse-1", "button", TS + 2, "press", E),
         }
         st = src.status
-        assert (st.seen, st.ignored, st.messages, st.stored) == (4, 1, 3, 3)
+        assert (st.seen, st.not_kept, st.messages, st.stored) == (4, 1, 3, 3)
         assert st.accepted == 7
         doc = edge.stats.as_json()["sources"]["ble"]
         assert doc["devices"]["greenhouse-1"] == {
@@ -291,7 +291,7 @@ async def test_allowlist_by_address_name_and_pattern(tmp_path: Path) -> None:
             (device_id_for(other), TS + 1),
             (device_id_for(ATC), TS + 2),
         }
-        assert (src.status.ignored, src.status.messages) == (2, 3)
+        assert (src.status.not_kept, src.status.messages) == (2, 3)
 
 
 async def test_malformed_advertisements_are_counted_and_neighbours_kept(

@@ -186,9 +186,9 @@ def test_good_advertisements_among_garbage_are_all_kept_and_counts_add_up(
     status = source.status
     d = DECODERS[decoder]
     assert status.seen == len(ads)
-    assert status.ignored + status.messages == len(ads)
+    assert status.not_kept + status.messages == len(ads)
     if decoder is not BleDecoder.RAW:  # (raw also ignores devices without a name here)
-        assert status.ignored == sum(1 for a in ads if not d.relevant(a))
+        assert status.not_kept == sum(1 for a in ads if not d.relevant(a))
     assert settled(source)
     assert status.refused_advertisements == 0
     assert not status.refused

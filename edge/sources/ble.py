@@ -204,7 +204,7 @@ class DeviceState:
 class BleStats(SourceStats):
     """A BLE source's counters: :class:`SourceStats` plus what only BLE has.
 
-    Every advertisement is ``seen``; it is ``ignored`` or counted in ``messages``; each of
+    Every advertisement is ``seen``; it is ``not_kept`` or counted in ``messages``; each of
     those ends up in exactly one of ``stored``, ``duplicates``, ``rejected[reason]``
     (``queue-full`` and the decoders' reasons) or ``refused_advertisements`` (their readings
     in ``refused[reason]``) -- or is still in flight.
@@ -213,7 +213,9 @@ class BleStats(SourceStats):
     adapter: str = "starting"
     scanning_mode: str | None = None
     seen: int = 0
-    ignored: int = 0
+    not_kept: int = 0
+    """Advertisements from devices not allowed or without data for the decoder (JSON
+    ``ignored``)."""
     stored: int = 0
     refused_advertisements: int = 0
     scanner_restarts: int = 0
@@ -227,7 +229,7 @@ class BleStats(SourceStats):
             "adapter": self.adapter,
             "scanning_mode": self.scanning_mode,
             "advertisements": self.seen,
-            "ignored": self.ignored,
+            "ignored": self.not_kept,
             **base,
             "stored": self.stored,
             "duplicate": self.duplicates,
@@ -419,7 +421,7 @@ class BleSource:
             self._stats.rejected(self.name, "internal-error", repr(exc), b"", adv.address)
             return
         if not keep:
-            st.ignored += 1
+            st.not_kept += 1
             return
         self._stats.received(self.name)
         if self._pending >= self.settings.queue_size or self._stopping:
