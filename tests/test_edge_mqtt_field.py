@@ -13,6 +13,7 @@ import datetime as dt
 import ipaddress
 import json
 import logging
+import random
 import ssl
 import struct
 from collections.abc import AsyncIterator
@@ -567,3 +568,61 @@ def test_senml_device_only_for_senml(tmp_path: Path) -> None:
     assert info.value.key == "mqtt[0].topics[0].senml_device"
     raw["mqtt"][0]["topics"][0]["format"] = "senml"
     assert config_from_dict(raw, base=tmp_path).mqtt[0].topics[0].senml_device is SenmlDevice.NAME
+
+
+# --------------------------------------------------------------------------- fuzz through the broker
+
+
+def _mixed_traffic(seed: int, count: int) -> tuple[list[tuple[str, bytes]], set[Reading], int]:
+    """``count`` messages: good ones of every format among random bytes and broken JSON.
+    Returns the messages, the readings the good ones carry, and how many are bad."""
+    rng = random.Random(seed)
+    messages: list[tuple[str, bytes]] = []
+    expected: set[Reading] = set()
+    bad = 0
+    for i in range(count):
+        kind = rng.choice(["value", "senml", "senml-name", "bytes", "broken"])
+        dev, v = f"d{i}", rng.randint(-1000, 1000)
+        if kind == "value":
+            messages.append((f"sensors/{dev}/t", json.dumps({"ts": T_US, "value": v}).encode()))
+            expected.add(Reading(dev, "t", T_US, v))
+        elif kind == "senml":
+            pack = [{"bt": T_S, "n": "a", "v": v}, {"n": "b", "vs": str(v)}]
+            messages.append((f"senml/{dev}", json.dumps(pack).encode()))
+            expected |= {Reading(dev, "a", T_US, v), Reading(dev, "b", T_US, str(v))}
+        elif kind == "senml-name":
+            pack = [{"bn": f"urn:x:{dev}:", "bt": T_S, "n": "c", "vb": v > 0}]
+            messages.append(("things/any", json.dumps(pack).encode()))
+            expected.add(Reading(f"urn:x:{dev}", "c", T_US, v > 0))
+        else:
+            bad += 1
+            if kind == "bytes":
+                raw = b"\xff" + rng.randbytes(rng.randint(0, 40))
+            else:
+                whole = json.dumps([{"n": "a", "v": v}]).encode()
+                raw = whole[: rng.randint(1, len(whole) - 1)]
+            topic = rng.choice([f"sensors/{dev}/t", f"senml/{dev}", "things/any"])
+            messages.append((topic, raw))
+    return messages, expected, bad
+
+
+async def test_good_messages_among_garbage_are_all_kept_and_counted(
+    tmp_path: Path, mosquitto: Mosquitto, unique_name: str
+) -> None:
+    messages, expected, bad = _mixed_traffic(seed=4, count=300)
+    async with (
+        running_edge(tmp_path, settings_for(mosquitto.url, unique_name)) as edge,
+        RawPublisher(mosquitto.port, f"{unique_name}-pub") as pub,
+    ):
+        await pub.wait_acked([pub.publish(topic, payload) for topic, payload in messages])
+        src = edge.stats.source("mqtt")
+        await poll(lambda: src.messages == len(messages), "every message to arrive")
+        await poll(
+            lambda: edge.counters.get("readings-committed", 0) == len(expected),
+            "every good reading to be committed",
+        )
+        assert set(stored(edge.buffer.path)) == expected
+        assert len(stored(edge.buffer.path)) == len(expected)
+        assert sum(src.rejected.values()) == bad > 0
+        assert set(src.rejected) <= {"bad-utf8", "bad-json"}
+        assert src.accepted == len(expected)
