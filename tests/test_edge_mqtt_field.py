@@ -201,6 +201,8 @@ class Pki:
     client_cert: Path
     client_key: Path
     other_ca: Path
+    misnamed_cert: Path
+    misnamed_key: Path
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -285,6 +287,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     ]
     server = _cert("broker", server_key, ("cairn test CA", ca_key), sans=sans)
     client = _cert("edge-t", client_key, ("cairn test CA", ca_key))
+    misnamed_key = _key()
+    misnamed = _cert(
+        "elsewhere", misnamed_key, ("cairn test CA", ca_key), sans=[x509.DNSName("elsewhere.test")]
+    )
     return Pki(
         ca=_write(folder, "ca", ca),
         server_cert=_write(folder, "server", server, server_key),
@@ -292,6 +298,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         client_cert=_write(folder, "client", client, client_key),
         client_key=folder / "client.key",
         other_ca=_write(folder, "other-ca", other),
+        misnamed_cert=_write(folder, "misnamed", misnamed, misnamed_key),
+        misnamed_key=folder / "misnamed.key",
     )
 
 
@@ -491,6 +499,18 @@ async def test_tls_with_a_ca_file_and_a_client_certificate(
             assert [(r.device, r.sensor, r.value) for r in stored(edge.buffer.path)] == [
                 ("d1", "t", 2)
             ]
+
+
+async def test_tls_refuses_a_certificate_for_another_host(
+    tmp_path: Path, pki: Pki, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Mosquitto(tmp_path / "broker", tls=(pki.ca, pki.misnamed_cert, pki.misnamed_key))
+    with broker.start():
+        caplog.set_level(logging.WARNING, logger="edge.sources.mqtt")
+        settings = settings_for(broker.url, unique_name, ca_file=str(pki.ca))  # right CA
+        async with running_edge(tmp_path, settings, wait=False) as edge:
+            await poll(lambda: "mismatch" in caplog.text, "the host name check to refuse it")
+            assert not edge.source.connected
 
 
 def test_tls_context_checks_the_host_name_and_the_chain(pki: Pki) -> None:
