@@ -410,6 +410,8 @@ def _mqtt(raw: object, prefix: str, edge_id: str, base: Path) -> MqttSettings:
             f"{prefix}.url",
             f"must look like mqtt://host[:port] or mqtts://host[:port], got {settings.url!r}",
         )
+    if url.username is not None or url.password is not None:
+        raise ConfigError(f"{prefix}.url", "no user or password in the url: use username, password")
     settings = _mqtt_credentials(settings, prefix, base)
     client_id = settings.client_id or f"cairn-{edge_id}-{settings.name}"
     if len(client_id) > 256 or any(ord(c) < 0x20 for c in client_id):

@@ -552,6 +552,7 @@ def test_tls_and_credential_keys(tmp_path: Path, pki: Pki) -> None:
     ("keys", "key", "message"),
     [
         ({"url": "mqtss://h"}, "mqtt[0].url", "mqtts://host"),
+        ({"url": "mqtt://u:p@h"}, "mqtt[0].url", "no user or password in the url"),
         ({"password": "x"}, "mqtt[0].password", "needs a username"),
         (
             {"username": "u", "password": "x", "password_file": "pw"},
