@@ -26,6 +26,7 @@ from edge.buffer import Buffer
 from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
 from edge.sources.ble import BleSource
+from edge.sources.http import HttpSource
 from edge.sources.mqtt import MqttSource
 from edge.stats import EdgeStats
 
@@ -99,11 +100,15 @@ async def _serve(
     )
     _log.debug("dedupe window: %d digests loaded (window %d)", loaded, window)
     async with contextlib.AsyncExitStack() as stack:
-        sources: list[MqttSource | BleSource] = [
+        sources: list[MqttSource | BleSource | HttpSource] = [
             await stack.enter_async_context(MqttSource(m, batcher, stats)) for m in config.mqtt
         ]
         sources += [
             await stack.enter_async_context(BleSource(b, batcher, stats)) for b in config.ble
+        ]
+        sources += [
+            await stack.enter_async_context(HttpSource(h, batcher, stats, settings.tenant))
+            for h in config.http
         ]
         listen = await admin.start() if config.admin.enabled else "off"
         stack.push_async_callback(admin.stop)

@@ -22,6 +22,8 @@ SECTIONS = {
         ("[[mqtt]]", edge_config.MqttSettings),
         ("mqtt.topics = [{...}]", edge_config.TopicSettings),
         ("[[ble]]", edge_config.BleSettings),
+        ("[[http]]", edge_config.HttpSettings),
+        ("http.keys = [{...}]", edge_config.HttpKeySettings),
     ],
     "cairn-hub": [
         ("[hub]", hub_config.HubSettings),
