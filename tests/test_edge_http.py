@@ -481,7 +481,7 @@ async def test_websocket_acks_each_message_by_id_after_commit(tmp_path: Path) ->
 
 async def test_websocket_token_in_query_and_expiry_closes_with_4401(tmp_path: Path) -> None:
     settings = http_settings(write_keys(tmp_path), leeway_s=0)
-    short = token(exp=int(time.time()) + 2)
+    short = token(exp=int(time.time()) + 4)  # the socket must open before it expires
     async with (
         http_edge(tmp_path, settings) as edge,
         aiohttp.ClientSession() as s,
