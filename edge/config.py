@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import ssl
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = [
     "MqttSettings",
     "PayloadFormat",
     "ScanningMode",
+    "SenmlDevice",
     "Synchronous",
     "TopicSettings",
     "load_config",
@@ -53,6 +55,18 @@ class PayloadFormat(StrEnum):
     """The topic names device and sensor; the payload is one value (optionally with ``ts``)."""
     JSON = "json"
     """The topic names the device; the payload is an object of sensor keys (or a list of them)."""
+    SENML = "senml"
+    """SenML JSON (RFC 8428, :mod:`edge.sources.senml`); the device from the topic or the names."""
+
+
+class SenmlDevice(StrEnum):
+    """Where a ``senml`` topic finds the device of each record."""
+
+    TOPIC = "topic"
+    """The ``{device}`` of the topic; the resolved SenML name (``bn`` + ``n``) is the sensor."""
+    NAME = "name"
+    """Split from the resolved name: at its last ``:`` (``urn:dev:ow:10e2073a01080063:temp``),
+    else at its first ``/`` (``boiler-3/temp/in``); the topic's ``{device}`` is ignored."""
 
 
 class Synchronous(StrEnum):
@@ -180,9 +194,12 @@ class TopicSettings:
 
     pattern: str
     """Topic pattern with ``{device}`` (required) and ``{sensor}`` (required for ``value``,
-    not allowed for ``json``) placeholders."""
+    not allowed for ``json`` and ``senml``) placeholders."""
     format: PayloadFormat
-    """``"value"`` or ``"json"``."""
+    """``"value"``, ``"json"`` or ``"senml"``."""
+    senml_device: SenmlDevice = SenmlDevice.TOPIC
+    """``senml`` only: ``"topic"`` (device from the topic, sensor = resolved name) or
+    ``"name"`` (device and sensor split from the resolved name)."""
 
     @property
     def topic(self) -> TopicPattern:
@@ -196,7 +213,8 @@ class MqttSettings:
     name: str = "mqtt"
     """Source name used in counters, logs and the status API (``[A-Za-z0-9_-]{1,64}``)."""
     url: str = "mqtt://127.0.0.1:1883"
-    """Broker URL, ``mqtt://host[:port]`` (port 1883 by default)."""
+    """Broker URL, ``mqtt://host[:port]`` (port 1883 by default) or ``mqtts://host[:port]``
+    (TLS, port 8883 by default; the broker's certificate must name ``host``)."""
     client_id: str = ""
     """MQTT client id; the persistent session is keyed by it. Default
     ``cairn-<edge id>-<name>``."""
@@ -211,6 +229,21 @@ class MqttSettings:
     """MQTT keep-alive interval in seconds, 5..3600."""
     topics: tuple[TopicSettings, ...] = ()
     """Topic patterns to subscribe to, at least one; their filters must not overlap."""
+    username: str = ""
+    """User name for the broker; ``""`` connects anonymously."""
+    password: str = ""
+    """Password for ``username`` (prefer ``password_file``: the config file is often readable)."""
+    password_file: str = ""
+    """File holding the password for ``username`` (one line, trailing newline ignored), read at
+    each connect; not together with ``password``."""
+    ca_file: str = ""
+    """``mqtts`` only: PEM file of the CA(s) that signed the broker's certificate; ``""`` uses
+    the system's trusted CAs."""
+    cert_file: str = ""
+    """``mqtts`` only: PEM client certificate (chain), for brokers that require one; the key
+    may be in the same file or in ``key_file``."""
+    key_file: str = ""
+    """``mqtts`` only: PEM private key of ``cert_file``."""
 
     @property
     def host(self) -> str:
@@ -218,7 +251,11 @@ class MqttSettings:
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 1883
+        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
 
 
 class ScanningMode(StrEnum):
@@ -437,10 +474,19 @@ def _mqtt(raw: object, prefix: str, edge_id: str, base: Path) -> MqttSettings:
         port = url.port
     except ValueError as exc:
         raise ConfigError(f"{prefix}.url", f"bad port in {settings.url!r}") from exc
-    if url.scheme != "mqtt" or not url.hostname or url.path not in {"", "/"} or port == 0:
+    if (
+        url.scheme not in {"mqtt", "mqtts"}
+        or not url.hostname
+        or url.path not in {"", "/"}
+        or port == 0
+    ):
         raise ConfigError(
-            f"{prefix}.url", f"must look like mqtt://host[:port], got {settings.url!r}"
+            f"{prefix}.url",
+            f"must look like mqtt://host[:port] or mqtts://host[:port], got {settings.url!r}",
         )
+    if url.username is not None or url.password is not None:
+        raise ConfigError(f"{prefix}.url", "no user or password in the url: use username, password")
+    settings = _mqtt_credentials(settings, prefix, base)
     client_id = settings.client_id or f"cairn-{edge_id}-{settings.name}"
     if len(client_id) > 256 or any(ord(c) < 0x20 for c in client_id):
         raise ConfigError(f"{prefix}.client_id", "must be 1..256 printable characters")
@@ -462,10 +508,13 @@ def _mqtt(raw: object, prefix: str, edge_id: str, base: Path) -> MqttSettings:
             raise ConfigError(f"{key}.pattern", f"{exc}, got {topic.pattern!r}") from exc
         if topic.format is PayloadFormat.VALUE and not parsed.has_sensor:
             raise ConfigError(f"{key}.pattern", "format 'value' needs a {sensor} placeholder")
-        if topic.format is PayloadFormat.JSON and parsed.has_sensor:
+        if topic.format is not PayloadFormat.VALUE and parsed.has_sensor:
             raise ConfigError(
-                f"{key}.pattern", "format 'json' takes sensor keys from the payload: no {sensor}"
+                f"{key}.pattern",
+                f"format {topic.format.value!r} takes sensor keys from the payload: no {{sensor}}",
             )
+        if topic.format is not PayloadFormat.SENML and "senml_device" in item:
+            raise ConfigError(f"{key}.senml_device", "applies to format 'senml' only")
         for k, other in enumerate(topics):
             if filters_overlap(parsed.filter, other.topic.filter):
                 raise ConfigError(
@@ -475,6 +524,58 @@ def _mqtt(raw: object, prefix: str, edge_id: str, base: Path) -> MqttSettings:
                 )
         topics.append(topic)
     return dataclasses.replace(settings, client_id=client_id, topics=tuple(topics))
+
+
+def _mqtt_credentials(settings: MqttSettings, prefix: str, base: Path) -> MqttSettings:
+    """Check the credential and TLS keys; file paths resolved against ``base``."""
+    if settings.password and settings.password_file:
+        raise ConfigError(f"{prefix}.password_file", "give password or password_file, not both")
+    if (settings.password or settings.password_file) and not settings.username:
+        key = "password" if settings.password else "password_file"
+        raise ConfigError(f"{prefix}.{key}", "needs a username")
+    if any(c in settings.username for c in "\x00\r\n"):
+        raise ConfigError(f"{prefix}.username", "must not contain NUL or line breaks")
+    files: dict[str, str] = {}
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        value: str = getattr(settings, key)
+        if not value:
+            files[key] = ""
+            continue
+        if key != "password_file" and not settings.tls:
+            raise ConfigError(f"{prefix}.{key}", "needs an mqtts:// url (TLS)")
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            raise ConfigError(f"{prefix}.{key}", f"no such file: {path}")
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise ConfigError(f"{prefix}.{key}", f"cannot read {path}: {exc.strerror}") from exc
+        files[key] = str(path)
+    if settings.key_file and not settings.cert_file:
+        raise ConfigError(f"{prefix}.key_file", "needs cert_file")
+    if files["ca_file"]:
+        try:
+            ssl.create_default_context(cafile=files["ca_file"])
+        except (ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"{prefix}.ca_file", f"not a PEM CA certificate: {exc}") from exc
+    if files["cert_file"]:
+        try:
+            ssl.create_default_context().load_cert_chain(
+                files["cert_file"], files["key_file"] or None
+            )
+        except (ssl.SSLError, ValueError) as exc:
+            key = "key_file" if files["key_file"] else "cert_file"
+            raise ConfigError(
+                f"{prefix}.{key}", f"not a PEM certificate and matching key: {exc}"
+            ) from exc
+    return dataclasses.replace(
+        settings,
+        password_file=files["password_file"],
+        ca_file=files["ca_file"],
+        cert_file=files["cert_file"],
+        key_file=files["key_file"],
+    )
 
 
 _BLE_ADDRESS_RE: Final = re.compile(

@@ -1,21 +1,30 @@
 """Simulated sensor fleets and the machinery to run Cairn for real on one machine.
 
-``fleet`` (seeded fleets), ``generators`` (their signals), ``mqtt_wire`` (an MQTT publisher
-that knows what was acknowledged), ``send`` (fleets over MQTT, with a ledger), ``cli``
-(``cairn-sim``); ``servers``, ``lab``, ``demo`` and ``bench`` run real processes.
+``fleet`` (seeded fleets), ``generators`` (their signals), ``parts`` (generators, filters
+and joins to compose), ``fleetfile`` (TOML fleet files of device types, and their ground
+truth), ``mqtt_wire`` (an MQTT publisher that knows what was acknowledged), ``send`` (fleets
+over MQTT, with a ledger), ``fleetrun`` (fleet files over their transports), ``plot``,
+``cli`` (``cairn-sim``); ``servers``, ``lab``, ``demo`` and ``bench`` run real processes.
 """
 
 from simulator.fleet import SENSOR_KINDS, Fleet, FleetSpec, reading_key
+from simulator.fleetfile import FleetFile, TruthRecord, load_fleet_file, parse_fleet
+from simulator.fleetrun import send_fleet_file
 from simulator.mqtt_wire import MqttError, MqttPublisher
 from simulator.send import Ledger, send_fleet
 
 __all__ = [
     "SENSOR_KINDS",
     "Fleet",
+    "FleetFile",
     "FleetSpec",
     "Ledger",
     "MqttError",
     "MqttPublisher",
+    "TruthRecord",
+    "load_fleet_file",
+    "parse_fleet",
     "reading_key",
     "send_fleet",
+    "send_fleet_file",
 ]

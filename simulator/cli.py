@@ -4,7 +4,11 @@ Subcommands:
 
 - ``run``: send a seeded fleet to an MQTT broker, paced (real time, or ``--speed`` times faster)
   or ``--fast``; prints a live line and a summary of what the broker acknowledged;
-- ``preview``: print the first readings of a fleet as tables, one per device;
+- ``run FLEETFILE``: the same for a fleet file (TOML: device types, see ``simulator.fleetfile``);
+- ``preview``: print the first readings of a fleet (or of each device type of a fleet file);
+- ``truth FLEETFILE``: every reading a fleet file emits in its first seconds, with ground-truth
+  labels, as JSON lines;
+- ``plot FLEETFILE``: a PNG of a fleet file's first hours, one panel per generator;
 - ``demo``, ``bench``: a whole Cairn on this machine, and its benchmark (``simulator/demo.py``,
   ``simulator/bench.py``; each defines ``add_<name>_args(parser)`` and ``main(args) -> int``,
   imported only when its subcommand is used).
@@ -23,13 +27,15 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from types import ModuleType
-from typing import Final, NoReturn
+from typing import Any, Final, NoReturn
 
 from contract.errors import CairnError, ConfigError
 from simulator.fleet import Fleet, FleetSpec
+from simulator.fleetfile import load_fleet_file, preview_text
+from simulator.fleetrun import send_fleet_file
 from simulator.generators import kind_info
 from simulator.send import MODES, Ledger, send_fleet
 
@@ -77,15 +83,45 @@ def _start_us(text: str) -> int:
 
 
 def _add_fleet_args(p: argparse.ArgumentParser, devices: int, sensors: int) -> None:
-    p.add_argument("--devices", type=int, default=devices, help=f"devices (default {devices})")
     p.add_argument(
-        "--sensors", type=int, default=sensors, help=f"sensors per device (default {sensors})"
+        "fleet_file",
+        nargs="?",
+        help="a fleet file (TOML, see docs/simulator.md); without it, a fleet of --devices x "
+        "--sensors",
     )
-    p.add_argument(
-        "--rate", type=float, default=1.0, help="instants per second per device (default 1)"
-    )
-    p.add_argument("--seed", type=int, default=1, help="fleet seed (default 1)")
-    p.add_argument("--prefix", default="dev", help="device id prefix (default dev)")
+    p.set_defaults(fleet_defaults={"devices": devices, "sensors": sensors})
+    p.add_argument("--devices", type=int, help=f"devices (default {devices})")
+    p.add_argument("--sensors", type=int, help=f"sensors per device (default {sensors})")
+    p.add_argument("--rate", type=float, help="instants per second per device (default 1)")
+    p.add_argument("--seed", type=int, help="fleet seed (default 1)")
+    p.add_argument("--prefix", help="device id prefix (default dev)")
+
+
+_FLEET_OPTS: Final = {
+    "devices": None,
+    "sensors": None,
+    "rate": 1.0,
+    "seed": 1,
+    "prefix": "dev",
+    "mode": "json",
+    "instants_per_message": 1,
+    "qos": 1,
+}
+"""Options that shape a built-in fleet (a fleet file says these itself), with defaults."""
+
+
+def _resolve_fleet_opts(args: argparse.Namespace) -> None:
+    """Fill defaults; with a fleet file, refuse the options the file decides."""
+    for name, default in _FLEET_OPTS.items():
+        if not hasattr(args, name):
+            continue
+        given = getattr(args, name)
+        if args.fleet_file is not None and given is not None:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(name, f"{flag} does not go with a fleet file: the file sets it")
+        if given is None:
+            value = args.fleet_defaults.get(name, default)
+            setattr(args, name, value)
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -104,14 +140,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     length.add_argument("--duration", type=float, help="seconds of fleet time to send")
     run.add_argument("--fast", action="store_true", help="as fast as the broker acks (no pacing)")
     run.add_argument("--speed", type=float, default=1.0, help="paced time scale (default 1)")
-    run.add_argument("--mode", choices=MODES, default="json", help="payload layout (json)")
+    run.add_argument("--mode", choices=MODES, help="payload layout (json)")
     run.add_argument(
         "--instants-per-message",
         type=int,
-        default=1,
         help="json mode: instants per message, sent as a JSON array when > 1 (default 1)",
     )
-    run.add_argument("--qos", type=int, choices=(0, 1), default=1, help="MQTT QoS (default 1)")
+    run.add_argument("--qos", type=int, choices=(0, 1), help="MQTT QoS (default 1)")
     run.add_argument("--client-id", default="cairn-sim", help="MQTT client id")
     run.add_argument(
         "--start",
@@ -126,10 +161,32 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_fleet_args(preview, devices=2, sensors=8)
     preview.add_argument("-n", type=int, default=5, help="instants per device (default 5)")
     preview.add_argument(
-        "--start", type=_start_us, default="2026-01-01T00:00:00Z", help="timestamp of instant 0"
+        "--start",
+        type=_start_us,
+        default=None,
+        help="timestamp of instant 0 (default: the fleet file's start, or 2026-01-01T00:00:00Z)",
     )
 
-    wanted = next((a for a in argv if a in {"run", "preview", *_PLUGINS}), None)
+    truth = sub.add_parser(
+        "truth", help="print, as JSON lines, every reading a fleet file emits, with labels"
+    )
+    truth.add_argument("fleet_file", help="the fleet file (TOML)")
+    truth.add_argument(
+        "--seconds", type=float, required=True, help="seconds of fleet time from instant 0"
+    )
+    truth.add_argument(
+        "--start", type=_start_us, default=None, help="timestamp of instant 0 (default: the file's)"
+    )
+
+    plot = sub.add_parser("plot", help="render a PNG of a fleet file's first hours")
+    plot.add_argument("fleet_file", help="the fleet file (TOML)")
+    plot.add_argument("-o", "--output", required=True, help="PNG file to write")
+    plot.add_argument("--hours", type=float, default=24.0, help="hours to plot (default 24)")
+    plot.add_argument(
+        "--start", type=_start_us, default=None, help="timestamp of instant 0 (default: the file's)"
+    )
+
+    wanted = next((a for a in argv if a in {"run", "preview", "truth", "plot", *_PLUGINS}), None)
     for name, help_text in _PLUGINS.items():
         p = sub.add_parser(name, help=help_text)
         if name == wanted:
@@ -158,6 +215,15 @@ def _iso(ts_us: int) -> str:
 def _preview(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ConfigError("n", "must be at least 1")
+    _resolve_fleet_opts(args)
+    if args.fleet_file is not None:
+        fleet_file = load_fleet_file(args.fleet_file)
+        if args.start is not None:
+            fleet_file = fleet_file.with_start(args.start)
+        print(preview_text(fleet_file, args.n), end="")
+        return 0
+    if args.start is None:
+        args.start = _start_us("2026-01-01T00:00:00Z")
     fleet = Fleet(_spec(args))
     spec = fleet.spec
     print(
@@ -215,6 +281,9 @@ def _instants(args: argparse.Namespace) -> range | None:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    _resolve_fleet_opts(args)
+    if args.fleet_file is not None:
+        return await _run_file(args)
     instants = _instants(args)
     if args.start is None:
         start = time.time_ns() // 1000
@@ -224,32 +293,76 @@ async def _run(args: argparse.Namespace) -> int:
         args.start = max(0, start)
     fleet = Fleet(_spec(args))
     ledger = Ledger()
-    started = time.monotonic()
-    sender = asyncio.create_task(
-        send_fleet(
-            fleet,
-            args.mqtt,
-            instants=instants,
-            mode=args.mode,
-            instants_per_message=args.instants_per_message,
-            paced=not args.fast,
-            speed=args.speed,
-            qos=args.qos,
-            ledger=ledger,
-            client_id=args.client_id,
-        ),
-        name="send-fleet",
+    sender = send_fleet(
+        fleet,
+        args.mqtt,
+        instants=instants,
+        mode=args.mode,
+        instants_per_message=args.instants_per_message,
+        paced=not args.fast,
+        speed=args.speed,
+        qos=args.qos,
+        ledger=ledger,
+        client_id=args.client_id,
     )
+    what = "endless" if instants is None else f"{len(instants):,} instants"
+    head = (
+        f"{fleet.spec.devices} devices x {fleet.spec.sensors} sensors, {what}, "
+        f"{'fast' if args.fast else f'paced x{args.speed:g}'}, {args.mode} to {args.mqtt}"
+    )
+    return await _watch(sender, ledger, head)
+
+
+async def _run_file(args: argparse.Namespace) -> int:
+    fleet = load_fleet_file(args.fleet_file)
+    if args.count is not None and args.count < 0:
+        raise ConfigError("count", "must not be negative")
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        raise ConfigError("duration", "must be a positive number of seconds")
+    if args.start is None:
+        start = time.time_ns() // 1000
+        if args.fast and (args.count is not None or args.duration is not None):
+            longest = max(
+                (args.count if args.count is not None else t.instants_in(args.duration)) - 1
+                for t in fleet.device_types
+            )
+            start -= max(round(max(0, longest) * 1e6 / t.rate_hz) for t in fleet.device_types)
+        args.start = max(0, start)
+    fleet = fleet.with_start(args.start)
+    ledger = Ledger()
+    sender = send_fleet_file(
+        fleet,
+        args.mqtt,
+        seconds=args.duration,
+        count=args.count,
+        paced=not args.fast,
+        speed=args.speed,
+        ledger=ledger,
+        client_id=args.client_id,
+    )
+    devices = sum(t.count for t in fleet.device_types)
+    if args.count is not None:
+        what = f"{args.count:,} instants per device"
+    elif args.duration is not None:
+        what = f"{args.duration:g} s"
+    else:
+        what = "endless"
+    head = (
+        f"{args.fleet_file}: {len(fleet.device_types)} device types, {devices:,} devices, "
+        f"{what}, {'fast' if args.fast else f'paced x{args.speed:g}'}, to {args.mqtt}"
+    )
+    return await _watch(sender, ledger, head)
+
+
+async def _watch(coro: Coroutine[Any, Any, Ledger], ledger: Ledger, head: str) -> int:
+    """Run a sender with a live status line (a log line every 10 s when not on a terminal)."""
+    started = time.monotonic()
+    sender = asyncio.create_task(coro, name="send-fleet")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, sender.cancel)
     live = sys.stdout.isatty()
-    what = "endless" if instants is None else f"{len(instants):,} instants"
-    print(
-        f"{_PROG}: {fleet.spec.devices} devices x {fleet.spec.sensors} sensors, {what}, "
-        f"{'fast' if args.fast else f'paced x{args.speed:g}'}, {args.mode} to {args.mqtt}",
-        flush=True,
-    )
+    print(f"{_PROG}: {head}", flush=True)
     interrupted = False
     lines = 0
     try:
@@ -283,11 +396,40 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _truth(args: argparse.Namespace) -> int:
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise ConfigError("seconds", "must be a positive number of seconds")
+    fleet = load_fleet_file(args.fleet_file)
+    if args.start is not None:
+        fleet = fleet.with_start(args.start)
+    out = sys.stdout
+    for record in fleet.truth(args.seconds):
+        out.write(record.json() + "\n")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from simulator.plot import plot_fleet  # noqa: PLC0415 - matplotlib only when plotting
+
+    if not (math.isfinite(args.hours) and 0 < args.hours <= 24 * 31):
+        raise ConfigError("hours", "must be in (0, 744]")
+    fleet = load_fleet_file(args.fleet_file)
+    if args.start is not None:
+        fleet = fleet.with_start(args.start)
+    panels = plot_fleet(fleet, args.output, hours=args.hours)
+    print(f"{_PROG}: wrote {args.output} ({panels} panels, {args.hours:g} h)")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return asyncio.run(_run(args))
     if args.command == "preview":
         return _preview(args)
+    if args.command == "truth":
+        return _truth(args)
+    if args.command == "plot":
+        return _plot(args)
     module = _plugin(args.command)
     if module is None:
         raise _UnavailableError(args.command)

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 from contract.errors import ConfigError
 from contract.model import Reading, Value
@@ -32,7 +32,7 @@ from simulator.fleet import Fleet, canonical_value, reading_key
 from simulator.generators import kind_info
 from simulator.mqtt_wire import MqttPublisher, parse_mqtt_url
 
-__all__ = ["MODES", "Ledger", "send_fleet"]
+__all__ = ["MODES", "Ledger", "LedgerPart", "Pacer", "publish_parts", "send_fleet"]
 
 MODES: Final = ("json", "value")
 _MAX_AHEAD_S: Final = 3600.0
@@ -50,6 +50,22 @@ _FORMAT: Final[dict[str, Callable[[object], str]]] = {
     "int": int.__repr__,
     "bool": _json_bool,
 }
+
+
+class LedgerPart(Protocol):
+    """A block of messages whose acknowledged readings a :class:`Ledger` can regenerate."""
+
+    def readings_in(self, msg: int) -> int:
+        """How many readings message ``msg`` carries."""
+        ...
+
+    def record(self, msg: int) -> None:
+        """Message ``msg`` was acknowledged."""
+        ...
+
+    def items(self) -> Iterator[tuple[str, str, int, Value]]:
+        """``(device, sensor, ts, value)`` of every acknowledged reading, regenerated."""
+        ...
 
 
 @dataclass(eq=False)
@@ -117,7 +133,7 @@ class Ledger:
         """Readings acknowledged."""
         self.messages = 0
         """Messages acknowledged."""
-        self._parts: list[_Part | list[Reading]] = []
+        self._parts: list[LedgerPart | list[Reading]] = []
         self._cache: list[Reading] | None = None
 
     def __repr__(self) -> str:
@@ -129,11 +145,11 @@ class Ledger:
         self.count += len(readings)
         self._cache = None
 
-    def _add_part(self, part: _Part) -> None:
+    def _add_part(self, part: LedgerPart) -> None:
         self._parts.append(part)
         self._cache = None
 
-    def _ack(self, part: _Part, msg: int) -> None:
+    def _ack(self, part: LedgerPart, msg: int) -> None:
         part.record(msg)
         self.count += part.readings_in(msg)
         self.messages += 1
@@ -145,10 +161,10 @@ class Ledger:
         if self._cache is None:
             out: list[Reading] = []
             for part in self._parts:
-                if isinstance(part, _Part):
-                    out.extend(Reading(*item) for item in part.items())
-                else:
+                if isinstance(part, list):
                     out.extend(part)
+                else:
+                    out.extend(Reading(*item) for item in part.items())
             self._cache = out
         return self._cache
 
@@ -156,10 +172,10 @@ class Ledger:
         """The identities of every acknowledged reading (a duplicate shows as ``len < count``)."""
         out: set[_Key] = set()
         for part in self._parts:
-            if isinstance(part, _Part):
-                out.update((d, s, ts, canonical_value(v)) for d, s, ts, v in part.items())
-            else:
+            if isinstance(part, list):
                 out.update(reading_key(r) for r in part)
+            else:
+                out.update((d, s, ts, canonical_value(v)) for d, s, ts, v in part.items())
         return out
 
 
@@ -196,7 +212,7 @@ def _format_columns(fleet: Fleet, values: list[list[list[Value]]]) -> list[list[
     return [[list(map(fmt, col)) for fmt, col in zip(formats, row, strict=True)] for row in values]
 
 
-class _Pacer:
+class Pacer:
     """Waits for a timestamp's turn: ``origin + (ts - first_ts) / speed``, monotonic clock."""
 
     def __init__(self, first_ts: int, speed: float) -> None:
@@ -235,26 +251,54 @@ async def send_fleet(
     called after each acknowledgement. ``MqttError`` if the connection fails or breaks.
     """
     _validate(mode, instants_per_message, speed, qos, instants)
-    host, port = parse_mqtt_url(url)
+    parse_mqtt_url(url)
     ledger = ledger if ledger is not None else Ledger()
     per_message = instants_per_message if mode == "json" else 1
     first = instants.start if instants is not None else 0
     if instants is not None and len(instants) == 0:
         return ledger
-    pacer = _Pacer(fleet.ts(first), speed) if paced else None
+    pacer = Pacer(fleet.ts(first), speed) if paced else None
+    parts = (
+        (part, _messages(fleet, part))
+        for part in (
+            _Part(fleet, mode, per_message, start, n)
+            for start, n in _blocks(fleet, instants, per_message)
+        )
+    )
+    return await publish_parts(
+        url, parts, pacer=pacer, qos=qos, ledger=ledger, client_id=client_id, progress=progress
+    )
+
+
+async def publish_parts(
+    url: str,
+    parts: Iterator[tuple[LedgerPart, Iterator[tuple[int, str, bytes, int | None]]]],
+    *,
+    pacer: Pacer | None,
+    qos: int,
+    ledger: Ledger,
+    client_id: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> Ledger:
+    """Publish each part's messages ``(index, topic, payload, due)``, filling ``ledger``.
+
+    The machinery under :func:`send_fleet`, shared with other message sources (fleet files):
+    a message whose ``due`` timestamp is set waits for its turn when ``pacer`` is given;
+    acknowledged messages are recorded in their part (which can regenerate their readings).
+    """
+    host, port = parse_mqtt_url(url)
 
     def on_ack(token: object) -> None:
-        part, msg = cast("tuple[_Part, int]", token)
+        part, msg = cast("tuple[LedgerPart, int]", token)
         ledger._ack(part, msg)  # noqa: SLF001
         if progress is not None:
             progress(ledger.messages, ledger.count)
 
     async with MqttPublisher(host, port, client_id) as pub:
         pub.on_ack(on_ack)
-        for start, n in _blocks(fleet, instants, per_message):
-            part = _Part(fleet, mode, per_message, start, n)
+        for part, messages in parts:
             ledger._add_part(part)  # noqa: SLF001
-            for msg, topic, payload, due in _messages(fleet, part):
+            for msg, topic, payload, due in messages:
                 if pacer is not None and due is not None:
                     await pacer.wait(due)
                 await pub.publish(topic, payload, qos, (part, msg))

@@ -98,25 +98,52 @@ class _Server:
 
 
 class Mosquitto(_Server):
-    """A Mosquitto broker on 127.0.0.1 with anonymous access (MQTT 3.1.1 and 5)."""
+    """A Mosquitto broker on 127.0.0.1 (MQTT 3.1.1 and 5): anonymous access by default,
+    optionally users with passwords and a TLS listener."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        *,
+        users: dict[str, str] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+        require_client_cert: bool = False,
+    ) -> None:
+        """``users`` (name -> password) turns anonymous access off; ``tls`` = (CA file,
+        server certificate, server key) makes the listener TLS (``mqtts://``), and
+        ``require_client_cert`` asks clients for a certificate signed by that CA."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.conf = folder / "mosquitto.conf"
         self.log = folder / "mosquitto.log"
+        self.users = dict(users or {})
+        self.tls = tls
+        self.require_client_cert = require_client_cert
+        self.password_file = folder / "passwords"
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    def _write_password_file(self) -> None:
+        self.password_file.write_text("")
+        for user, password in self.users.items():
+            subprocess.run(
+                ["mosquitto_passwd", "-b", str(self.password_file), user, password],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        self.password_file.chmod(0o600)  # owner root: the config says `user root` (FACTS.md)
 
     def _config(self) -> str:
         # `user root` stops Mosquitto from dropping to user `mosquitto` (FACTS.md) so it can
         # write its log and persistence file in a root-owned folder.
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            f"allow_anonymous {'false' if self.users else 'true'}",
             f"log_dest file {self.log}",
             "log_type error",
             "log_type warning",
@@ -126,9 +153,18 @@ class Mosquitto(_Server):
         ]
         if os.geteuid() == 0:
             lines.append("user root")
+        if self.users:
+            lines.append(f"password_file {self.password_file}")
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+            if self.require_client_cert:
+                lines.append("require_certificate true")
         return "\n".join(lines) + "\n"
 
     def start(self) -> Self:
+        if self.users:
+            self._write_password_file()
         for _attempt in range(5):
             self.conf.write_text(self._config())
             self.proc = subprocess.Popen(

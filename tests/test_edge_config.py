@@ -251,7 +251,7 @@ MQTT = '[[mqtt]]\ntopics = [{ pattern = "s/{device}/{sensor}", format = "value" 
         (
             MINIMAL + '[[mqtt]]\ntopics = [{ pattern = "s/{device}/{sensor}", format = "csv" }]\n',
             "mqtt[0].topics[0].format",
-            "must be one of 'value', 'json', got 'csv'",
+            "must be one of 'value', 'json', 'senml', got 'csv'",
         ),
         (
             MINIMAL + '[[mqtt]]\ntopics = [{ pattern = "s/{sensor}", format = "value" }]\n',

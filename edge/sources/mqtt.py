@@ -9,6 +9,13 @@ is the PUBACK reason code: 0 (success), 0x99 "payload format invalid" for a mess
 (counted and logged; the device must not loop on garbage), 0x80 for an unexpected error. If the
 edge dies before a PUBACK, the broker keeps the message in the session and sends it again.
 
+QoS: the subscription's ``qos`` caps the QoS of what the broker delivers. QoS 2 is
+acknowledged the same way: the PUBREC (with the same reason codes) goes out when
+``on_message`` returns, after the commit; a PUBREC of 0x99 ends the exchange, a PUBREC of 0
+is followed by the broker's PUBREL and our PUBCOMP (gmqtt). Before the PUBREC the broker
+redelivers with ``dup=1``; after it, only the PUBREL. QoS 0 carries no guarantee: nothing is
+acknowledged, and a message in flight when the edge or the broker dies is lost.
+
 Redelivery dedupe: the edge may die between a commit and its PUBACKs; the broker then
 redelivers those messages with ``dup=1``. Every QoS>0 message gets an 8-byte digest (BLAKE2b
 of packet id, topic and payload); the batcher stores it with the batch and remembers the
@@ -22,7 +29,10 @@ gmqtt's fixed-delay one, and subscribes again after every connect (with retain h
 retained messages are not re-sent, the edge ingests live traffic). The session is persistent
 (``clean_start=False``, ``session_expiry_s``), so QoS>0 messages published while the edge is
 away are queued by the broker and arrive after the reconnect. ``connected`` in the status API
-becomes true once the broker has acknowledged the subscriptions.
+becomes true once the broker has acknowledged the subscriptions. ``mqtts://`` URLs connect
+with TLS (:func:`tls_context`: the broker's certificate checked against ``ca_file`` and the
+URL's host name, an optional client certificate); ``username`` with ``password`` or
+``password_file`` (re-read at every connect) authenticate.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import ssl
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Self
@@ -44,8 +55,9 @@ from contract.backoff import Backoff
 from contract.errors import PayloadError
 from contract.model import Reading
 from edge.batcher import BatcherClosedError, Sink
-from edge.config import MqttSettings, PayloadFormat
+from edge.config import MqttSettings, PayloadFormat, SenmlDevice
 from edge.sources.payloads import parse_json_payload, parse_value_payload
+from edge.sources.senml import parse_senml_payload
 from edge.sources.topics import TopicMatch, TopicPattern
 from edge.stats import EdgeStats
 
@@ -55,6 +67,7 @@ __all__ = [
     "PUBACK_UNSPECIFIED",
     "MqttSource",
     "message_digest",
+    "tls_context",
 ]
 
 _log = logging.getLogger(__name__)
@@ -141,9 +154,9 @@ class MqttSource:
         self._sink = sink
         self._stats = stats
         self._source_stats = stats.source(settings.name)
-        self._routes: dict[str, tuple[TopicMatch, PayloadFormat] | None] = {}
-        self._topics: list[tuple[TopicPattern, PayloadFormat]] = [
-            (t.topic, t.format) for t in settings.topics
+        self._routes: dict[str, tuple[TopicMatch, PayloadFormat, bool] | None] = {}
+        self._topics: list[tuple[TopicPattern, PayloadFormat, bool]] = [
+            (t.topic, t.format, t.senml_device is SenmlDevice.NAME) for t in settings.topics
         ]
         self._lost = asyncio.Event()
         self._stop = asyncio.Event()
@@ -239,7 +252,7 @@ class MqttSource:
                 self.name,
                 s.url,
                 s.client_id,
-                ", ".join(p.filter for p, _ in self._topics),
+                ", ".join(p.filter for p, _, _ in self._topics),
             )
             await self._wait_lost()
             self._source_stats.connected = False
@@ -260,8 +273,11 @@ class MqttSource:
         if client is None:
             raise RuntimeError("MqttSource used outside 'async with'")
         s = self.settings
+        if s.username:
+            client.set_auth_credentials(s.username, self._password())
+        tls = tls_context(s) if s.tls else False
         async with asyncio.timeout(_CONNECT_TIMEOUT_S):
-            await client.connect(s.host, s.port, keepalive=s.keepalive_s, version=MQTTv50)
+            await client.connect(s.host, s.port, ssl=tls, keepalive=s.keepalive_s, version=MQTTv50)
         loop = asyncio.get_running_loop()
         suback: asyncio.Future[tuple[int, ...]] = loop.create_future()
         self._suback = suback
@@ -269,7 +285,7 @@ class MqttSource:
             gmqtt.Subscription(
                 pattern.filter, qos=s.qos, retain_handling_options=_RETAIN_HANDLING_NEVER
             )
-            for pattern, _ in self._topics
+            for pattern, _, _ in self._topics
         ]
         client.subscriptions = []  # gmqtt appends on every subscribe(); we resubscribe each time
         self._suback_mid = client.subscribe(subscriptions)
@@ -283,7 +299,7 @@ class MqttSource:
         if not suback.done():
             raise ConnectionError("no SUBACK from the broker")
         granted = suback.result()
-        for (pattern, _), code in zip(self._topics, granted, strict=False):
+        for (pattern, _, _), code in zip(self._topics, granted, strict=False):
             if code >= 0x80:
                 _log.error(
                     "source %s: the broker refused the subscription %s (reason 0x%02x)",
@@ -291,6 +307,13 @@ class MqttSource:
                     pattern.filter,
                     code,
                 )
+
+    def _password(self) -> str | None:
+        s = self.settings
+        if s.password_file:
+            with open(s.password_file, encoding="utf-8") as f:  # noqa: PTH123 - a str path
+                return f.readline().rstrip("\r\n")
+        return s.password or None
 
     async def _wait_lost(self) -> None:
         lost = asyncio.ensure_future(self._lost.wait())
@@ -403,16 +426,16 @@ class MqttSource:
             return PUBACK_PAYLOAD_INVALID
         return PUBACK_SUCCESS
 
-    def _route(self, topic: str) -> tuple[TopicMatch, PayloadFormat] | None:
+    def _route(self, topic: str) -> tuple[TopicMatch, PayloadFormat, bool] | None:
         """Which pattern ``topic`` fits; remembered, since a fleet repeats its topics."""
         route = self._routes.get(topic, _UNSEEN)
         if route is not _UNSEEN:
             return route  # type: ignore[return-value]
         found = None
-        for pattern, fmt in self._topics:
+        for pattern, fmt, device_from_name in self._topics:
             match = pattern.match(topic)
             if match is not None:
-                found = (match, fmt)
+                found = (match, fmt, device_from_name)
                 break
         if len(self._routes) >= _ROUTES_MAX:
             self._routes.clear()
@@ -423,8 +446,21 @@ class MqttSource:
         route = self._route(topic)
         if route is None:
             raise PayloadError("bad-topic", f"topic {topic[:160]!r} fits no configured pattern")
-        match, fmt = route
+        match, fmt, device_from_name = route
         if fmt is PayloadFormat.VALUE:
             assert match.sensor is not None  # the config requires {sensor} for 'value'
             return parse_value_payload(payload, match.device, match.sensor)
+        if fmt is PayloadFormat.SENML:
+            return parse_senml_payload(payload, None if device_from_name else match.device)
         return parse_json_payload(payload, match.device)
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """The TLS context of an ``mqtts://`` source: the broker's certificate checked against
+    ``ca_file`` (or the system's CAs) and the URL's host name; ``cert_file``/``key_file`` as
+    the client certificate when given."""
+    ctx = ssl.create_default_context(cafile=settings.ca_file or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.cert_file:
+        ctx.load_cert_chain(settings.cert_file, settings.key_file or None)
+    return ctx

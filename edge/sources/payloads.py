@@ -1,6 +1,6 @@
 """Device payloads -> readings: pure functions, :class:`PayloadError` on anything else.
 
-Two formats (``[[mqtt]].topics[].format``):
+Two formats here (``[[mqtt]].topics[].format``), and ``senml`` in :mod:`edge.sources.senml`:
 
 ``value``
     The topic names device and sensor. The payload is one JSON value: a number, ``true``/
@@ -40,6 +40,9 @@ __all__ = [
     "CLOCK_PAST_US",
     "MAX_PAYLOAD_BYTES",
     "REASONS",
+    "check_name",
+    "check_size",
+    "load_json",
     "parse_json_payload",
     "parse_timestamp",
     "parse_value_payload",
@@ -75,10 +78,10 @@ def parse_value_payload(
     payload: bytes, device: str, sensor: str, now: int | None = None
 ) -> list[Reading]:
     """The one reading of a ``value`` payload published for ``device``/``sensor``."""
-    _check_size(payload)
-    _check_name(device, "device")
-    _check_name(sensor, "sensor")
-    doc = _load(payload)
+    check_size(payload)
+    check_name(device, "device")
+    check_name(sensor, "sensor")
+    doc = load_json(payload)
     now = now_us() if now is None else now
     if isinstance(doc, dict) and _TS in doc and _VALUE not in doc:
         raise PayloadError("bad-shape", "an object with 'ts' needs a 'value' key")
@@ -93,9 +96,9 @@ def parse_value_payload(
 
 def parse_json_payload(payload: bytes, device: str, now: int | None = None) -> list[Reading]:
     """The readings of a ``json`` payload published for ``device``."""
-    _check_size(payload)
-    _check_name(device, "device")
-    doc = _load(payload)
+    check_size(payload)
+    check_name(device, "device")
+    doc = load_json(payload)
     now = now_us() if now is None else now
     if isinstance(doc, dict):
         instants: list[Any] = [doc]
@@ -119,7 +122,7 @@ def parse_json_payload(payload: bytes, device: str, now: int | None = None) -> l
         for key, raw in instant.items():
             if key == _TS:
                 continue
-            _check_name(key, "sensor key")
+            check_name(key, "sensor key")
             readings.append(Reading(device, key, ts, _value(raw, key), flags))
     if not readings:
         raise PayloadError("no-readings", "the payload holds no sensor values")
@@ -153,7 +156,8 @@ def parse_timestamp(raw: object, now: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_size(payload: bytes) -> None:
+def check_size(payload: bytes) -> None:
+    """``too-large`` past :data:`MAX_PAYLOAD_BYTES`."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(
             "too-large", f"{len(payload)} bytes (at most {MAX_PAYLOAD_BYTES} are accepted)"
@@ -165,7 +169,8 @@ _KNOWN_GOOD: set[str] = set()
 _KNOWN_GOOD_MAX: Final = 100_000
 
 
-def _check_name(name: str, what: str) -> None:
+def check_name(name: str, what: str) -> None:
+    """``bad-name`` unless ``name`` is a valid device id or sensor key (``what`` says which)."""
     if name in _KNOWN_GOOD:
         return
     if not valid_name(name):
@@ -192,7 +197,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return doc
 
 
-def _load(payload: bytes) -> Any:
+def load_json(payload: bytes) -> Any:
+    """The JSON document of ``payload``: strict (no NaN/Infinity, no duplicate keys)."""
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
