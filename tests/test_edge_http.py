@@ -108,6 +108,34 @@ async def test_a_batch_from_an_rs256_device_is_committed_whole(tmp_path: Path) -
         )
 
 
+async def test_a_senml_pack_is_the_token_devices_sensors(tmp_path: Path) -> None:
+    pack = [
+        {"bn": "urn:dev:ow:10e2073a01080063:", "bt": TS_S, "n": "temp", "u": "Cel", "v": 23.1},
+        {"n": "on", "vb": True, "t": 1},
+        {"n": "label", "vs": "boiler"},
+    ]
+    async with http_edge(tmp_path, http_settings(write_keys(tmp_path))) as edge:
+        async with aiohttp.ClientSession() as s:
+            ok = await post(
+                s, edge.readings_url, pack, tok=token(), content_type="application/senml+json"
+            )
+            bad = await post(
+                s,
+                edge.readings_url,
+                [{"n": "x", "v": 1, "vs": "two values"}],
+                tok=token(),
+                content_type="application/senml+json",
+            )
+        assert ok[:2] == (202, {"accepted": 3})
+        assert (bad[0], bad[1]["error"]) == (400, "bad-shape")
+        prefix = "urn:dev:ow:10e2073a01080063:"
+        assert set(stored(edge.buffer.path)) == {
+            Reading("pump-1", prefix + "temp", TS, 23.1),
+            Reading("pump-1", prefix + "on", TS + 1_000_000, True),
+            Reading("pump-1", prefix + "label", TS, "boiler"),
+        }
+
+
 async def test_the_device_comes_from_the_token_never_the_body(tmp_path: Path) -> None:
     async with http_edge(tmp_path, http_settings(write_keys(tmp_path))) as edge:
         async with aiohttp.ClientSession() as s:
@@ -161,10 +189,10 @@ async def test_every_error_status_with_its_json_reason(tmp_path: Path) -> None:
                 415,
                 "bad-content-type",
             ),
-            (
+            (  # SenML is an array of records
                 {"body": good, "tok": token(), "content_type": "application/senml+json"},
-                415,
-                "bad-content-type",
+                400,
+                "bad-shape",
             ),
             ({"data": b" " * 2000 + b"{}", "tok": token()}, 413, "too-large"),
         ]

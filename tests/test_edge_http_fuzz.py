@@ -22,6 +22,7 @@ from contract.errors import PayloadError
 from contract.model import FLAG_EDGE_STAMPED, Reading, now_us
 from edge.sources.http import RateLimiter, _own_device, _RefusalError
 from edge.sources.payloads import parse_json_payload
+from edge.sources.senml import parse_senml_payload
 from tests.test_edge_http_support import (
     ED_KID,
     HttpEdge,
@@ -109,6 +110,20 @@ _json_any = st.recursive(
     max_leaves=12,
 )
 _header_text = st.text(alphabet=_PRINTABLE, max_size=120)
+_senml_record = st.fixed_dictionaries(
+    {},
+    optional={
+        "bn": st.sampled_from(["urn:dev:x:", "b/", "", "bad name "]),
+        "bt": st.sampled_from([TS_S, 0, -5, 1e300]),
+        "n": _sensor,
+        "v": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**60), 2**60),
+        "vs": st.text(max_size=5),
+        "vb": st.booleans(),
+        "t": st.integers(-10, 10),
+        "u": st.sampled_from(["Cel", 5]),
+    },
+)
+_senml_pack = st.one_of(st.lists(_senml_record, max_size=5), _json_any)
 
 
 def _attack_tokens() -> list[str]:
@@ -129,13 +144,16 @@ class Req:
     body: bytes
     oracle: bool
     """Whether the request is authenticated and JSON: then the parser decides the outcome."""
+    senml: bool = False
 
 
 @st.composite
 def requests(draw: st.DrawFn) -> Req:
     device = draw(st.sampled_from(DEVICES))
     kind = draw(
-        st.sampled_from(["good", "good", "bytes", "json", "auth", "ctype", "big", "headers"])
+        st.sampled_from(
+            ["good", "good", "bytes", "json", "senml", "auth", "ctype", "big", "headers"]
+        )
     )
     ctype = {"Content-Type": "application/json"}
     good_auth = {"Authorization": f"Bearer {{{device}}}"}
@@ -147,6 +165,10 @@ def requests(draw: st.DrawFn) -> Req:
     if kind == "json":
         body = json.dumps(draw(_json_any)).encode()
         return Req(device, {**ctype, **good_auth}, body, oracle=True)
+    if kind == "senml":
+        body = json.dumps(draw(_senml_pack)).encode()
+        headers = {"Content-Type": "application/senml+json", **good_auth}
+        return Req(device, headers, body, oracle=True, senml=True)
     if kind == "auth":
         choice = draw(
             st.one_of(
@@ -173,6 +195,8 @@ def _expect(req: Req) -> list[Reading] | None:
     if not req.oracle or req.device is None:
         return None
     try:
+        if req.senml:
+            return parse_senml_payload(req.body, req.device)
         return _own_device(parse_json_payload(req.body, req.device), req.device)
     except (PayloadError, _RefusalError):
         return None

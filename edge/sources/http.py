@@ -8,8 +8,9 @@ Endpoints (``[[http]].listen``):
     reading per key but ``ts``, the same shape as MQTT's ``json`` format, see
     :mod:`edge.sources.payloads`) or an array of such objects. The device is the token's
     ``sub``, never the body's: an object may carry ``"device": "<id>"``, which must be the
-    token's device (403 ``wrong-device`` otherwise) and is not a reading. ``application/
-    senml+json`` (SenML, RFC 8428) is answered 415 until the SenML parser lands.
+    token's device (403 ``wrong-device`` otherwise) and is not a reading. With ``Content-Type:
+    application/senml+json`` the body is a SenML pack (RFC 8428, :mod:`edge.sources.senml`):
+    each resolved name (``bn`` + ``n``) is a sensor key of the token's device.
     Answers ``202 {"accepted": n}`` only once the readings are committed in the buffer.
 
 ``GET /api/v1/ws``
@@ -71,8 +72,8 @@ from edge.sources.devtokens import (
     RevocationList,
     load_key,
 )
-from edge.sources.payloads import _load as load_strict_json
-from edge.sources.payloads import parse_json_payload
+from edge.sources.payloads import load_json, parse_json_payload
+from edge.sources.senml import parse_senml_payload
 from edge.stats import EdgeStats, SourceStats
 
 __all__ = [
@@ -443,9 +444,9 @@ class HttpSource:
         if kind == JSON_TYPE:
             return False
         if kind == SENML_TYPE:
-            raise _RefusalError(415, "bad-content-type", "SenML is not supported by this edge yet")
+            return True
         raise _RefusalError(
-            415, "bad-content-type", f"Content-Type {kind[:80]!r}: send {JSON_TYPE}"
+            415, "bad-content-type", f"Content-Type {kind[:80]!r}: send {JSON_TYPE} or {SENML_TYPE}"
         )
 
     async def _read(self, request: web.Request) -> bytes:
@@ -458,9 +459,9 @@ class HttpSource:
             raise _RefusalError(400, "bad-body", f"the body could not be read: {exc}") from exc
 
     def _parse_body(self, body: bytes, device: str, senml: bool) -> list[Reading]:
-        if senml:  # pragma: no cover - refused by _content_type until senml.py lands
-            raise _RefusalError(415, "bad-content-type", "SenML is not supported yet")
         try:
+            if senml:  # names (bn + n) are sensor keys of the token's device
+                return parse_senml_payload(body, device)
             readings = parse_json_payload(body, device)
         except PayloadError as exc:
             raise _from_payload_error(exc) from exc
@@ -693,7 +694,7 @@ def _own_device(readings: list[Reading], device: str) -> list[Reading]:
 def _parse_ws_message(data: bytes, device: str) -> tuple[str | int | None, list[Reading]]:
     """``(id, readings)`` of one WebSocket message (the id is ``None`` if it has none)."""
     try:
-        doc = load_strict_json(data)
+        doc = load_json(data)
     except PayloadError as exc:
         raise _from_payload_error(exc) from exc
     if not isinstance(doc, dict):
