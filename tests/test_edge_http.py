@@ -234,6 +234,33 @@ async def test_every_error_status_with_its_json_reason(tmp_path: Path) -> None:
         assert sum(st.responses.values()) == st.messages + 2
 
 
+async def test_malformed_http_is_counted_without_tracebacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    garbage = [
+        b"GARBAGE\r\n\r\n",
+        b"POST /api/v1/readings HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        b"POST /api/v1/readings HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n",
+    ]
+    async with http_edge(tmp_path, http_settings(write_keys(tmp_path))) as edge:
+        with caplog.at_level(logging.DEBUG):
+            for raw in garbage:
+                reader, writer = await asyncio.open_connection("127.0.0.1", edge.source.port)
+                writer.write(raw)
+                answer = await reader.read()  # aiohttp answers 400 and closes
+                writer.close()
+                assert answer.startswith(b"HTTP/1.0 400"), answer[:80]
+            async with aiohttp.ClientSession() as s:
+                status, _, _ = await post(s, edge.readings_url, {"ts": TS_S, "t": 1}, tok=token())
+        assert status == 202
+        st = edge.source.status
+        assert (dict(st.rejected), st.messages, st.accepted) == ({"bad-http": 3}, 4, 1)
+        assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+        assert next(r.message for r in caplog.records if "bad-http" in r.message).startswith(
+            "source http: refused a message (bad-http)"
+        )
+
+
 # --------------------------------------------------------------------------- JWT attacks
 
 

@@ -38,6 +38,9 @@ Rate limit: a token bucket per device (the token's ``sub``), ``rate_readings_per
 up to ``rate_burst``; a request takes one token per reading. A device with an empty bucket is
 answered 429 before its body is read.
 
+A request aiohttp itself cannot parse (bad request line, header over 8190 bytes, bad
+``Content-Length``) is answered 400 by aiohttp (text) and counted as ``rejected["bad-http"]``.
+
 Counters (``sources.<name>`` in the status API): ``messages`` counts requests, WebSocket
 messages and refused WebSocket upgrades; each ends as committed readings (``accepted``), a
 ``rejected[reason]`` (every 4xx), or refused readings (``refused[reason]``, 503: counted by the
@@ -59,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Self
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from contract.errors import ConfigError, PayloadError
 from contract.model import Reading
@@ -242,6 +246,25 @@ def verifier_for(settings: HttpSettings, tenant: str) -> DeviceTokenVerifier:
     )
 
 
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log for one source. A request aiohttp cannot parse (it answers 400
+    itself: a bad request line, header or length) becomes a counted ``bad-http`` rejection
+    with a rate-limited one-line log, not a traceback per request; anything else goes to the
+    ``edge.sources.http.server`` logger unchanged."""
+
+    def __init__(self, on_bad_http: Callable[[HttpProcessingError, str], None]) -> None:
+        super().__init__(logging.getLogger(f"{__name__}.server"), {})
+        self._on_bad_http = on_bad_http
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            where = str(args[0]) if args else ""
+            self._on_bad_http(exc, where)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
 @dataclass(eq=False)
 class _Connection:
     ws: web.WebSocketResponse
@@ -300,7 +323,11 @@ class HttpSource:
 
     async def __aenter__(self) -> Self:
         runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, shutdown_timeout=_STOP_TIMEOUT_S
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=_STOP_TIMEOUT_S,
+            logger=_ServerLog(self._bad_http),
         )
         await runner.setup()
         host, port = self.settings.host, self.settings.port
@@ -352,6 +379,13 @@ class HttpSource:
             self._runner = None
         self.status.connected = False
         self._stopped.set()
+
+    def _bad_http(self, exc: HttpProcessingError, where: str) -> None:
+        """A request aiohttp could not parse (it answered 400 and closed the connection)."""
+        self._stats.received(self.name)
+        self.status.responses[exc.code or 400] += 1
+        detail = " ".join(str(exc.message).split())[:200]
+        self._stats.rejected(self.name, "bad-http", detail, b"", where)
 
     def _close_revoked(self) -> None:
         for conn in list(self._connections):
