@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import socket
 import string
 from collections import Counter
 from collections.abc import Iterator
@@ -236,6 +238,38 @@ def test_random_requests_interleaved_with_good_ones(tracker: Tracker, batch: lis
             assert set(doc) == {"error", "detail"}
             assert expected is None or doc["error"] == "bad-value", (req, doc)
     tracker.check_totals()
+
+
+_request_heads = st.sampled_from(
+    [
+        b"",
+        b"POST /api/v1/readings HTTP/1.1\r\n",
+        b"POST /api/v1/readings HTTP/1.1\r\nContent-Type: application/json\r\n",
+        b"GET /api/v1/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+    ]
+)
+
+
+@_FUZZ
+@given(head=_request_heads, tail=st.binary(max_size=300))
+def test_random_bytes_on_the_socket_never_get_a_5xx_or_a_traceback(
+    tracker: Tracker, caplog: pytest.LogCaptureFixture, head: bytes, tail: bytes
+) -> None:
+    port = tracker.edge.source.port
+    assert port is not None
+    caplog.clear()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + tail + b"\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    if answer:
+        assert answer.startswith(b"HTTP/1."), answer[:80]
+        assert answer[9:10] in {b"2", b"4"}, answer[:80]
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    reasons = set(tracker.runner.source_status()["rejected"])
+    assert reasons <= {"bad-http", "no-token", "bad-token", "bad-content-type", "too-large"}
 
 
 # --------------------------------------------------------------------------- WebSocket
