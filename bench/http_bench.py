@@ -15,7 +15,10 @@ flush interval). The load generator shares the machine. Every POST is one readin
 (``{"ts": ..., "temp": 21.5}``) from one of ``--devices`` devices, each with its own token,
 round robin; the rate limit is off. Cases:
 
-* ``auth off``: the same server whose verifier accepts any bearer (the baseline);
+* ``bare aiohttp``: an aiohttp app whose handler reads the body and answers 202, with no
+  parsing, no token and no buffer (the ceiling of the HTTP server itself);
+* ``auth off``: the edge's server whose verifier accepts any bearer, each token still naming
+  its device (so the buffer sees the same 100 devices), nothing verified (the baseline);
 * ``EdDSA, cached``: Ed25519 tokens, verified once per token then cached (the default);
 * ``EdDSA, no cache``: ``token_cache_size = 0``: a signature check on every request;
 * ``RS256, no cache``: RSA-2048 tokens, a signature check on every request.
@@ -49,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 import jwt
+from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
@@ -63,6 +67,7 @@ from edge.stats import EdgeStats
 
 TENANT = "bench"
 CASES = {
+    "bare": ("bare aiohttp", "bare", 0),
     "off": ("auth off", "off", 10_000),
     "ed": ("EdDSA, cached", "ed", 10_000),
     "ed-nocache": ("EdDSA, no cache", "ed", 0),
@@ -71,16 +76,46 @@ CASES = {
 
 
 class _AnyBearer(DeviceTokenVerifier):
-    """The baseline: every bearer is device ``dev-0`` (no signature, no claims checked)."""
+    """The baseline: no signature or claim is checked; the bearer's device is looked up in a
+    table the load generator wrote, so the buffer sees the same devices as with auth."""
 
-    def verify(self, token: str) -> DeviceClaims:  # noqa: ARG002 - the baseline ignores it
-        return DeviceClaims("dev-0", self.tenant, time.time() + 3600, None, "none")
+    def __init__(self, key: Any, devices: dict[str, str]) -> None:
+        super().__init__([key], TENANT)
+        self.devices = devices
+
+    def verify(self, token: str) -> DeviceClaims:
+        device = self.devices.get(token, "dev-0")
+        return DeviceClaims(device, self.tenant, time.time() + 3600, None, "none")
 
 
 # --------------------------------------------------------------------------- server process
 
 
+async def _serve_bare() -> None:
+    async def post(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"accepted": 1}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/readings", post)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print(f"PORT {runner.addresses[0][1]}", flush=True)
+    cpu0 = time.process_time()
+    await stop.wait()
+    cpu = time.process_time() - cpu0
+    await runner.cleanup()
+    print("STATS " + json.dumps({"accepted": 0, "cpu_s": cpu}), flush=True)
+
+
 async def _serve(folder: Path, kind: str, cache: int, flush_ms: int) -> None:
+    if kind == "bare":
+        await _serve_bare()
+        return
     keys = (HttpKeySettings("ed", folder / "ed.pem"), HttpKeySettings("rsa", folder / "rsa.pem"))
     settings = HttpSettings(
         listen="127.0.0.1:0", keys=keys, token_cache_size=cache, rate_readings_per_s=0
@@ -90,7 +125,8 @@ async def _serve(folder: Path, kind: str, cache: int, flush_ms: int) -> None:
     batcher = Batcher(buffer, BufferSettings(flush_interval_ms=flush_ms), stats)
     verifier = None
     if kind == "off":
-        verifier = _AnyBearer([load_key("ed", keys[0].file)], TENANT)
+        table = json.loads((folder / "devices.json").read_text())
+        verifier = _AnyBearer(load_key("ed", keys[0].file), table)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with HttpSource(settings, batcher, stats, TENANT, verifier=verifier) as source:
@@ -227,6 +263,9 @@ def _run_case(folder: Path, name: str, args: argparse.Namespace, use_wrk: bool) 
     case_dir.mkdir()
     for f in ("ed.pem", "rsa.pem"):
         shutil.copy(folder / f, case_dir / f)
+    tokens = _tokens(folder, "rsa" if kind == "rsa" else "ed", args.devices)
+    devices = {t: jwt.decode(t, options={"verify_signature": False})["sub"] for t in tokens}
+    (case_dir / "devices.json").write_text(json.dumps(devices))
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, str(cache), str(case_dir), str(args.flush_ms)],
         stdout=subprocess.PIPE,
@@ -236,7 +275,6 @@ def _run_case(folder: Path, name: str, args: argparse.Namespace, use_wrk: bool) 
         assert server.stdout is not None
         line = server.stdout.readline()
         port = int(line.split()[1])
-        tokens = _tokens(folder, "ed" if kind == "off" else kind, args.devices)
         if use_wrk:
             result = _wrk(port, tokens, args.seconds, args.connections, case_dir)
         else:
@@ -249,11 +287,13 @@ def _run_case(folder: Path, name: str, args: argparse.Namespace, use_wrk: bool) 
             server.kill()
     stats_line = next(x for x in rest.splitlines() if x.startswith("STATS "))
     stats = json.loads(stats_line[6:])
-    result["stored"] = _stored(case_dir / "buffer.sqlite3")
+    bare = kind == "bare"
+    result["stored"] = 0 if bare else _stored(case_dir / "buffer.sqlite3")
     result["accepted"] = stats["accepted"]
-    result["cpu_us"] = stats["cpu_s"] / max(stats["accepted"], 1) * 1e6
+    answered = result["total"] if bare else stats["accepted"]
+    result["cpu_us"] = stats["cpu_s"] / max(answered, 1) * 1e6
     ok = result["total"] - result["non2xx"]
-    if result["non2xx"] or result["stored"] < ok:
+    if result["non2xx"] or (not bare and result["stored"] < ok):
         raise SystemExit(f"{name}: {result} (non-2xx answers or fewer stored than acknowledged)")
     return result
 
