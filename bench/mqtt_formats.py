@@ -9,6 +9,7 @@ Mosquitto (started here on a free loopback port):
 
 * ``bare``: a bare gmqtt subscriber (the settings of the edge: MQTT 5, persistent session,
   QoS 1, PUBACK after an async ``on_message``) that only counts messages: the ceiling;
+* ``parse``: the payload parser alone on the same messages (one core, no broker): readings/s;
 * ``source``: the edge's :class:`~edge.sources.mqtt.MqttSource` with a real
   :class:`~edge.batcher.Batcher` and SQLite :class:`~edge.buffer.Buffer` (the defaults: flush
   200 ms, synchronous full), timed until the last reading is committed (and acknowledged).
@@ -43,6 +44,8 @@ from edge.batcher import Batcher
 from edge.buffer import Buffer
 from edge.config import BufferSettings, MqttSettings, PayloadFormat, TopicSettings
 from edge.sources.mqtt import MqttSource
+from edge.sources.payloads import parse_json_payload, parse_value_payload
+from edge.sources.senml import parse_senml_payload
 from edge.stats import EdgeStats
 from simulator.mqtt_wire import MqttPublisher
 from simulator.servers import Mosquitto
@@ -177,6 +180,23 @@ async def _source(broker: Mosquitto, case: Case, messages: int, run: int, folder
     return messages / elapsed
 
 
+def _parse_only(case: Case, messages: int) -> float:
+    ts_s = now_us() // 1_000_000 - 3600
+    msgs = [case.message(i, ts_s) for i in range(messages)]
+    t0 = time.perf_counter()
+    n = 0
+    for topic, payload in msgs:
+        dev = topic.split("/")[1]
+        if case.fmt is PayloadFormat.VALUE:
+            n += len(parse_value_payload(payload, dev, "temp"))
+        elif case.fmt is PayloadFormat.JSON:
+            n += len(parse_json_payload(payload, dev))
+        else:
+            n += len(parse_senml_payload(payload, dev))
+    assert n == messages * case.per_message
+    return n / (time.perf_counter() - t0)
+
+
 def _fmt(rates: list[float]) -> str:
     return f"{min(rates):>8,.0f} / {statistics.median(rates):>8,.0f} / {max(rates):>8,.0f}"
 
@@ -184,17 +204,25 @@ def _fmt(rates: list[float]) -> str:
 async def _main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp) / "broker").start() as broker:
         print(f"{args.messages} messages per run, {args.runs} runs; min / median / max")
-        print(f"{'case':<28} {'bare msg/s':>28} {'source msg/s':>28} {'source readings/s':>28}")
+        print(
+            f"{'case':<28} {'bare msg/s':>28} {'source msg/s':>28} {'source readings/s':>28}"
+            f" {'parse only readings/s':>28}"
+        )
         for case in CASES:
             if args.only and args.only not in case.name:
                 continue
             bare: list[float] = []
             src: list[float] = []
+            parse: list[float] = []
             for run in range(args.runs):
+                parse.append(_parse_only(case, args.messages))
                 bare.append(await _bare(broker, case, args.messages, run))
                 src.append(await _source(broker, case, args.messages, run, Path(tmp)))
             readings = [r * case.per_message for r in src]
-            print(f"{case.name:<28} {_fmt(bare):>28} {_fmt(src):>28} {_fmt(readings):>28}")
+            print(
+                f"{case.name:<28} {_fmt(bare):>28} {_fmt(src):>28} {_fmt(readings):>28}"
+                f" {_fmt(parse):>28}"
+            )
 
 
 def main() -> None:
