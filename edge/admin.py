@@ -20,7 +20,8 @@ Status document::
 
 Counters count since the edge process started; ``buffer`` is what the buffer file holds.
 A BLE source's entry has more fields (adapter, per-device RSSI: see
-:class:`edge.sources.ble.BleStats`).
+:class:`edge.sources.ble.BleStats`), and so has an HTTP source's (listen address, responses by
+status, WebSockets: see :class:`edge.sources.http.HttpStats`).
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ __all__ = [
     "EdgeSettings",
     "ForwarderSettings",
     "FullPolicy",
+    "HttpKeySettings",
+    "HttpSettings",
     "LineFormat",
     "MqttSettings",
     "Parity",
@@ -409,6 +411,68 @@ class SerialSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpKeySettings:
+    """One entry of ``http.keys``: a public key that verifies device tokens."""
+
+    kid: str
+    """Key id: a token whose header names this ``kid`` is verified with this key (1..128
+    printable characters)."""
+    file: Path
+    """PEM file of the public key (SubjectPublicKeyInfo), Ed25519 (tokens must be ``EdDSA``)
+    or RSA of at least 2048 bits (tokens must be ``RS256``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    """``[[http]]``: one HTTP/WebSocket source (devices POST readings with a device token)."""
+
+    name: str = "http"
+    """Source name used in counters, logs and the status API (``[A-Za-z0-9_-]{1,64}``)."""
+    listen: str = "127.0.0.1:8080"
+    """``host:port`` to listen on (``0.0.0.0:8080`` for the site network, ``[::]:8080`` for
+    IPv6); port 0 picks a free port (tests)."""
+    keys: tuple[HttpKeySettings, ...] = ()
+    """Token verification keys, at least one: ``[{ kid = "...", file = "hub-device.pem" }]``."""
+    issuer: str = ""
+    """When set, tokens must carry this ``iss`` (the hub's ``auth.issuer``); ``""`` does not
+    check ``iss``."""
+    leeway_s: int = bounded(30, lo=0, hi=300)
+    """Clock skew allowed when checking ``exp``, ``nbf`` and ``iat``, seconds, 0..300."""
+    revoked_file: str = ""
+    """Revocation list (``jti <id>`` or ``device <id>`` per line), re-read when it changes;
+    ``""``: none. It must exist at start."""
+    revocation_poll_s: float = bounded(1.0, lo=0.05, hi=3_600.0)
+    """How often the revocation list is checked for changes, seconds, 0.05..3600."""
+    token_cache_size: int = bounded(10_000, lo=0, hi=1_000_000)
+    """Verified tokens kept (until their ``exp``) so a repeated token is not verified again,
+    0..1000000 (0: verify every request)."""
+    max_body_bytes: int = bounded(262_144, lo=1_024, hi=262_144)
+    """Largest request body or WebSocket message, bytes, 1024..262144; larger is 413 (a
+    WebSocket is closed with 1009)."""
+    rate_readings_per_s: float = bounded(100.0, lo=0.0, hi=1_000_000.0)
+    """Per-device rate limit: readings per second refilled into the device's token bucket,
+    0..1000000 (0: no limit)."""
+    rate_burst: int = bounded(10_000, lo=1, hi=10_000_000)
+    """Per-device bucket size: readings a device may send at once after a quiet spell; a
+    single request with more readings is refused with 413, 1..10000000."""
+    ws_max_in_flight: int = bounded(64, lo=1, hi=10_000)
+    """WebSocket messages of one connection being committed at once; the edge stops reading
+    the socket while that many wait (backpressure), 1..10000."""
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+    @property
+    def revoked_path(self) -> Path | None:
+        return Path(self.revoked_file) if self.revoked_file else None
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeConfig:
     """The whole configuration of one edge."""
 
@@ -418,6 +482,7 @@ class EdgeConfig:
     admin: AdminSettings = field(default_factory=AdminSettings)
     mqtt: tuple[MqttSettings, ...] = ()
     ble: tuple[BleSettings, ...] = ()
+    http: tuple[HttpSettings, ...] = ()
     path: Path | None = None
     """The file this configuration was read from (``None`` if built in code)."""
     serial: tuple[SerialSettings, ...] = ()
@@ -436,6 +501,7 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
     """Check an already parsed TOML document; relative paths are resolved against ``base``."""
     sections = {"edge", "buffer", "forwarder", "admin", "mqtt", "serial"}
     sections.add("ble")
+    sections.add("http")
     for key in raw:
         if key not in sections:
             raise ConfigError(key, f"unknown section (known: {', '.join(sorted(sections))})")
@@ -482,6 +548,7 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
             raise ConfigError(f"mqtt[{i}].name", f"{name!r} is already the name of another source")
     ble = _ble_sections(raw, names)
     serial = _serial_sources(raw, base, names + [b.name for b in ble])
+    http = _http_sections(raw, [*names, *(b.name for b in ble), *(s.name for s in serial)], base)
     return EdgeConfig(
         edge=edge,
         buffer=buffer,
@@ -489,6 +556,7 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
         admin=admin,
         mqtt=mqtt,
         ble=ble,
+        http=http,
         path=path,
         serial=serial,
     )
@@ -756,3 +824,55 @@ def _serial(raw: object, prefix: str, base: Path) -> SerialSettings:
     if columns_raw and not any(c and c != settings.ts_field for c in columns_raw):
         raise ConfigError(f"{prefix}.columns", "names no sensor column")
     return dataclasses.replace(settings, columns=tuple(columns_raw))
+
+
+def _http_sections(raw: dict[str, Any], taken: list[str], base: Path) -> tuple[HttpSettings, ...]:
+    http_raw = raw.get("http", [])
+    if not isinstance(http_raw, list):
+        raise ConfigError("http", "must be an array of tables ([[http]])")
+    out: list[HttpSettings] = []
+    for i, item in enumerate(http_raw):
+        prefix = f"http[{i}]"
+        settings = _http(item, prefix, base)
+        if settings.name in taken or any(h.name == settings.name for h in out):
+            raise ConfigError(
+                f"{prefix}.name", f"{settings.name!r} is already the name of another source"
+            )
+        if any(h.listen == settings.listen and settings.port != 0 for h in out):
+            raise ConfigError(f"{prefix}.listen", f"{settings.listen!r} is already in use")
+        out.append(settings)
+    return tuple(out)
+
+
+def _http(raw: object, prefix: str, base: Path) -> HttpSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix, "must be a table")
+    keys_raw = raw.get("keys")
+    rest = {k: v for k, v in raw.items() if k != "keys"}
+    settings = section(HttpSettings, rest, prefix, base)
+    if not TOKEN_RE.match(settings.name):
+        raise ConfigError(f"{prefix}.name", f"must match {TOKEN_RE.pattern}, got {settings.name!r}")
+    try:
+        split_host_port(settings.listen)
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}.listen", str(exc)) from exc
+    if not isinstance(keys_raw, list) or not keys_raw:
+        raise ConfigError(
+            f"{prefix}.keys", "is required: a non-empty array of { kid = ..., file = ... } tables"
+        )
+    keys: list[HttpKeySettings] = []
+    for j, item in enumerate(keys_raw):
+        key = f"{prefix}.keys[{j}]"
+        if not isinstance(item, dict):
+            raise ConfigError(key, "must be a table like { kid = ..., file = ... }")
+        entry = section(HttpKeySettings, item, key, base)
+        if not 0 < len(entry.kid) <= 128 or not entry.kid.isprintable():
+            raise ConfigError(f"{key}.kid", "must be 1..128 printable characters")
+        if any(k.kid == entry.kid for k in keys):
+            raise ConfigError(f"{key}.kid", f"{entry.kid!r} is listed twice")
+        keys.append(entry)
+    revoked = settings.revoked_file
+    if revoked:
+        path = Path(revoked).expanduser()
+        revoked = str(path if path.is_absolute() else base / path)
+    return dataclasses.replace(settings, keys=tuple(keys), revoked_file=revoked)

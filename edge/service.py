@@ -26,6 +26,7 @@ from edge.buffer import Buffer
 from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
 from edge.sources.ble import BleSource
+from edge.sources.http import HttpSource
 from edge.sources.mqtt import MqttSource
 from edge.sources.serial import SerialSource
 from edge.stats import EdgeStats
@@ -103,7 +104,7 @@ async def _serve(
     )
     _log.debug("dedupe window: %d digests loaded (window %d)", loaded, window)
     async with contextlib.AsyncExitStack() as stack:
-        sources: list[MqttSource | BleSource | SerialSource] = [
+        sources: list[MqttSource | BleSource | SerialSource | HttpSource] = [
             await stack.enter_async_context(MqttSource(m, batcher, stats)) for m in config.mqtt
         ]
         sources += [
@@ -114,6 +115,10 @@ async def _serve(
         ]
         for s in config.serial:
             _log.info("serial source %s: %s, parser %s", s.name, s.port, s.parser.value)
+        sources += [
+            await stack.enter_async_context(HttpSource(h, batcher, stats, settings.tenant))
+            for h in config.http
+        ]
         listen = await admin.start() if config.admin.enabled else "off"
         stack.push_async_callback(admin.stop)
         async with asyncio.TaskGroup() as tg:

@@ -21,13 +21,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from contract.errors import AuthError
+from contract.model import valid_name
 from contract.names import TOKEN_RE
 from contract.signing import load_or_create_key, public_key_bytes
 
-__all__ = ["ROLES", "Claims", "TokenAuthority"]
+__all__ = ["DEVICE_AUDIENCE", "DEVICE_TTL_MAX_S", "ROLES", "Claims", "TokenAuthority"]
 
 ROLES: Final = ("admin", "operator", "viewer")
 """Roles of API tokens. In this version every role may read its own tenant's data."""
+
+DEVICE_AUDIENCE: Final = "cairn-edge"
+"""``aud`` of device tokens: edges verify them (``edge.sources.devtokens.AUDIENCE``)."""
+DEVICE_TTL_MAX_S: Final = 366 * 86_400
+"""Longest lifetime of a device token."""
 
 _ALGORITHM: Final = "EdDSA"
 _CACHE_MAX: Final = 10_000
@@ -85,6 +91,29 @@ class TokenAuthority:
             "sub": subject or f"{role}@{tenant}",
             "tenant": tenant,
             "role": role,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl_s,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._key, algorithm=_ALGORITHM, headers={"kid": self.kid})
+
+    def issue_device(self, tenant: str, device: str, ttl_s: int) -> str:
+        """A device token for HTTP/WebSocket ingestion at an edge of ``tenant``: ``sub`` is
+        ``device``, ``aud`` :data:`DEVICE_AUDIENCE`; edges verify it offline with
+        :meth:`public_key_pem` under ``kid`` :attr:`kid`, and revoke it by its ``jti``."""
+        if not TOKEN_RE.match(tenant):
+            raise AuthError(f"tenant must match {TOKEN_RE.pattern}, got {tenant!r}")
+        if not valid_name(device):
+            raise AuthError(f"device {device!r} is not a valid device id")
+        if not 0 < ttl_s <= DEVICE_TTL_MAX_S:
+            raise AuthError(f"ttl must be 1..{DEVICE_TTL_MAX_S} seconds, got {ttl_s}")
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "aud": DEVICE_AUDIENCE,
+            "sub": device,
+            "tenant": tenant,
             "iat": now,
             "nbf": now,
             "exp": now + ttl_s,

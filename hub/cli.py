@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from contract.cli import LOG_LEVELS, run_command, setup_logging
-from hub.auth import ROLES
+from hub.auth import ROLES, TokenAuthority
 from hub.config import load_config
 from hub.service import authority, run_hub
 from hub.store import SqliteStore
@@ -39,6 +39,20 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--role", required=True, choices=ROLES, help="role of the bearer")
     create.add_argument("--ttl-s", type=int, default=None, help="lifetime in seconds")
     create.add_argument("--subject", default=None, help="who the token is for (sub claim)")
+    device = token_sub.add_parser(
+        "device", help="print a device token for HTTP/WebSocket ingestion at an edge"
+    )
+    device.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+    device.add_argument("--tenant", required=True, help="tenant of the edge(s) it is for")
+    device.add_argument("--device", required=True, help="device id (the token's sub)")
+    device.add_argument(
+        "--ttl-s", type=int, default=30 * 86_400, help="lifetime in seconds (default 30 days)"
+    )
+    public = token_sub.add_parser(
+        "public-key", help="print the PEM public key that verifies the hub's tokens"
+    )
+    public.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+    public.add_argument("--kid", action="store_true", help="print only the key id (kid)")
 
     edges = sub.add_parser("edges", help="edges the store has seen")
     edges_sub = edges.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -59,7 +73,7 @@ def _command(args: argparse.Namespace) -> int:
         asyncio.run(run_hub(config))
         return 0
     if args.command == "token":
-        print(authority(config).issue_token(args.tenant, args.role, args.subject, args.ttl_s))
+        print(_token(authority(config), args))
         return 0
     store = SqliteStore(config.hub.store_path, readonly=True)
     try:
@@ -72,6 +86,14 @@ def _command(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return 0
+
+
+def _token(auth: TokenAuthority, args: argparse.Namespace) -> str:
+    if args.action == "device":
+        return auth.issue_device(args.tenant, args.device, args.ttl_s)
+    if args.action == "public-key":
+        return auth.kid if args.kid else auth.public_key_pem().decode().rstrip("\n")
+    return auth.issue_token(args.tenant, args.role, args.subject, args.ttl_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,6 +23,8 @@ SECTIONS = {
         ("mqtt.topics = [{...}]", edge_config.TopicSettings),
         ("[[ble]]", edge_config.BleSettings),
         ("[[serial]]", edge_config.SerialSettings),
+        ("[[http]]", edge_config.HttpSettings),
+        ("http.keys = [{...}]", edge_config.HttpKeySettings),
     ],
     "cairn-hub": [
         ("[hub]", hub_config.HubSettings),
