@@ -360,8 +360,8 @@ class Batcher:
                 take = await self._drop_unencodable(take)
                 continue
             except BufferFullError as exc:
-                if self._buffer.limits.policy == "drop-oldest":
-                    take = self._split_too_large(take, exc)  # nothing left to drop
+                if exc.too_large:
+                    take = self._split_too_large(take, exc)  # nothing left to give way
                     continue
                 take = self._refused(take, exc, backoff)
             except Exception as exc:
@@ -411,8 +411,8 @@ class Batcher:
         entry.resolve(exc)
 
     def _split_too_large(self, take: list[_Entry], exc: BufferFullError) -> list[_Entry]:
-        """Under ``drop-oldest`` a batch that does not fit is larger than the whole budget:
-        commit fewer submits at once; one submit alone that large fails."""
+        """A batch larger than the whole budget: commit fewer submits at once; one submit
+        alone that large fails."""
         if len(take) > 1:
             half = len(take) // 2
             for entry in reversed(take[half:]):

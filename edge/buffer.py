@@ -40,7 +40,7 @@ import logging
 import math
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -130,9 +130,12 @@ class BufferFullError(CairnError):
 
     ``reason`` is ``"full"`` (the disk budget) or ``"disk-error"`` (ENOSPC, I/O error...)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, *, too_large: bool = False) -> None:
         self.reason = reason
         self.detail = detail
+        self.too_large = too_large
+        """The batch alone exceeds the budget (no other unsent batch is left to give way):
+        it can never be committed whole, retrying is pointless."""
         super().__init__(f"buffer {reason}: {detail}")
 
 
@@ -381,6 +384,8 @@ class Buffer:
         self._synchronous = synchronous.upper()
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
+        self._pin_lock = threading.Lock()
+        self._pinned: set[int] = set()
         self._closed = False
         self._w = self._open_writer(first=True)
         try:
@@ -547,7 +552,8 @@ class Buffer:
         self, need: int, totals: _Totals, drops: _DropTally, keep: int | None = None
     ) -> None:
         """Delete rows, oldest sent first, until ``need`` more bytes fit (in the open
-        transaction); raises :class:`BufferFullError` if they cannot."""
+        transaction); raises :class:`BufferFullError` if they cannot. Batches the forwarder
+        has in flight (:meth:`pin`) are never dropped: they may reach the hub."""
         limit = self.limits.data_limit
         page = self._page_size
         while _used_bytes(self._w) + math.ceil(need / page) * page > limit:
@@ -560,23 +566,45 @@ class Buffer:
             if row is not None:
                 totals.remove(row[0], row[1], sent=True)
                 continue
-            if self.limits.policy == "drop-oldest":
+            pinned = self._pinned_now()
+            candidates = [
+                seq
+                for (seq,) in self._w.execute(
+                    "SELECT seq FROM batches WHERE sent_us IS NULL AND seq IS NOT ?"
+                    " ORDER BY seq LIMIT ?",
+                    (keep, len(pinned) + 1),
+                )
+            ]
+            victim = next((seq for seq in candidates if seq not in pinned), None)
+            if victim is not None and self.limits.policy == "drop-oldest":
                 row = self._w.execute(
-                    "DELETE FROM batches WHERE seq = (SELECT seq FROM batches"
-                    " WHERE sent_us IS NULL AND seq IS NOT ? ORDER BY seq LIMIT 1)"
-                    " RETURNING count, length(body), sources",
-                    (keep,),
+                    "DELETE FROM batches WHERE seq = ? RETURNING count, length(body), sources",
+                    (victim,),
                 ).fetchone()
-                if row is not None:
-                    totals.remove(row[0], row[1], sent=False)
-                    drops.add(row[0], row[2])
-                    continue
+                totals.remove(row[0], row[1], sent=False)
+                drops.add(row[0], row[2])
+                continue
             used = _used_bytes(self._w)
             raise BufferFullError(
                 "full",
                 f"{used} of {limit} bytes in use by unsent batches; the batch needs {need}"
                 f" (policy {self.limits.policy})",
+                too_large=not candidates,
             )
+
+    def pin(self, seq: int) -> None:
+        """Batch ``seq`` is being published: never drop it (until :meth:`unpin`)."""
+        with self._pin_lock:
+            self._pinned.add(seq)
+
+    def unpin(self, seqs: Iterable[int]) -> None:
+        """The batches ``seqs`` are marked sent, or were not published after all."""
+        with self._pin_lock:
+            self._pinned.difference_update(seqs)
+
+    def _pinned_now(self) -> frozenset[int]:
+        with self._pin_lock:
+            return frozenset(self._pinned)
 
     def _keep_wal_small(self) -> None:
         """Truncate the WAL if it outgrew its share of the budget (a reader held a
@@ -628,8 +656,11 @@ class Buffer:
         )
         drops = _DropTally("age")
         if limits.max_age_s > 0:
+            pinned = ",".join(str(seq) for seq in sorted(self._pinned_now()))
             self._delete_older(
-                "sent_us IS NULL AND created_us < ?", now - int(limits.max_age_s * 1e6), drops
+                f"sent_us IS NULL AND created_us < ? AND seq NOT IN ({pinned})",
+                now - int(limits.max_age_s * 1e6),
+                drops,
             )
         self._vacuum_if_worth_it()
         return drops.result()
@@ -641,7 +672,7 @@ class Buffer:
                 self._begin()
                 try:
                     rows = self._w.execute(
-                        f"DELETE FROM batches WHERE seq IN (SELECT seq FROM batches WHERE {where}"  # noqa: S608 - constant fragments
+                        f"DELETE FROM batches WHERE seq IN (SELECT seq FROM batches WHERE {where}"  # noqa: S608 - constants and integers
                         " ORDER BY seq LIMIT ?) RETURNING count, length(body), sources, sent_us",
                         (cutoff, _PRUNE_CHUNK),
                     ).fetchall()

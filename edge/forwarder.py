@@ -387,6 +387,7 @@ class Forwarder:
             while True:
                 if not first:
                     await self._gate(nbytes)
+                self._buffer.pin(batch.seq)  # from now on the budget does not drop it
                 if not self._still_unsent(batch.seq):
                     gone = True  # the buffer's budget dropped it meanwhile (counted there)
                     break
@@ -432,6 +433,7 @@ class Forwarder:
             self._wake.set()
         if gone:
             self._claimed.discard(batch.seq)
+            self._buffer.unpin([batch.seq])
             self._stats.count("publish-skipped-dropped")
             _log.debug("batch %d left the buffer unsent (dropped): not published", batch.seq)
             return
@@ -482,6 +484,7 @@ class Forwarder:
                 backoff.reset()
                 break
             self._claimed.difference_update(b.seq for b in acked)
+            self._buffer.unpin(b.seq for b in acked)
             self._stats.count("batches-forwarded", len(acked))
             self._stats.count("readings-forwarded", sum(b.count for b in acked))
             self._state.batches_sent += len(acked)

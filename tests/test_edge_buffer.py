@@ -441,7 +441,7 @@ def test_maintain_prunes_history_and_old_unsent_batches_and_shrinks_the_file(
         seqs = [buf.append_batch(noise(8192, i), 2, i, i, 1, b"", {"x": 2}).seq for i in range(600)]
         grown = buf.stats().file_bytes
         assert grown > 4 * MIB
-        now = buf.unsent(0, 1)[0].created_us
+        now = buf.unsent(0, 1000)[-1].created_us  # the newest: appends take a while
         buf.mark_sent(seqs[:500], sent_us=now)
         assert buf.maintain(now + 3599 * 10**6) is None  # nothing old enough yet
         assert buf.stats().batches_sent == 500
@@ -558,4 +558,40 @@ async def test_refuse_new_holds_mqtt_and_refuses_the_rest_until_batches_are_sent
         assert unsent_seqs(buf)[:-1] == unsent[5:]
     finally:
         await stop(runner)
+        buf.close()
+
+
+def test_drop_oldest_never_drops_a_batch_in_flight(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.sqlite3", limits=BufferLimits(max_bytes=MIB))
+    try:
+        first = [buf.append(noise(8192, i), 1, i, i, 1) for i in range(3)]
+        for seq in first[:2]:
+            buf.pin(seq)  # the forwarder is publishing these
+        for i in range(200):
+            buf.append(noise(8192, 100 + i), 1, i, i, 1)
+        kept = unsent_seqs(buf)
+        assert kept[:2] == first[:2]  # pinned: kept while newer ones went
+        assert first[2] not in kept
+        buf.unpin(first[:2])
+        buf.append(noise(8192, 999), 1, 0, 0, 1)
+        assert first[0] not in unsent_seqs(buf)  # unpinned: the oldest goes first again
+    finally:
+        buf.close()
+
+
+def test_a_batch_larger_than_the_budget_is_too_large_not_full(tmp_path: Path) -> None:
+    buf = Buffer(tmp_path / "b.sqlite3", limits=BufferLimits(max_bytes=MIB))
+    try:
+        small = buf.append(noise(8192, 1), 1, 0, 0, 1)
+        buf.pin(small)
+        with pytest.raises(BufferFullError) as exc:
+            buf.append(noise(2 * MIB, 2), 1, 0, 0, 1)
+        assert exc.value.too_large is False  # a pinned batch could still give way later
+        buf.unpin([small])
+        buf.mark_sent([small])
+        with pytest.raises(BufferFullError) as exc:
+            buf.append(noise(2 * MIB, 2), 1, 0, 0, 1)
+        assert exc.value.too_large is True
+        assert unsent_seqs(buf) == []
+    finally:
         buf.close()

@@ -92,11 +92,6 @@ async def test_disk_budget_exhausted(
         assert status["counters"]["commit-errors"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge bug: drop-oldest deletes batches whose publish is in flight and counts them"
-    " dropped; the publish then reaches JetStream and the hub stores them (over-counted drops)",
-)
 async def test_drop_oldest_counts_only_what_is_lost(make_lab: Callable[..., FaultLab]) -> None:
     """The uplink is partitioned while publishes are in flight, and the budget runs out:
     the readings the edge counts as dropped must be exactly those the hub never gets."""
