@@ -58,6 +58,7 @@ from edge.sources.ble_decoders import (
     BleDecoder,
     Decoder,
 )
+from edge.sources.waiting import wait_set
 from edge.stats import EdgeStats, SourceStats
 
 if TYPE_CHECKING:
@@ -403,9 +404,7 @@ class BleSource:
             await self._wait_stop(remaining)
 
     async def _wait_stop(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._stop.wait()
+        await wait_set(self._stop, delay)
 
     # ---------------------------------------------------------------- intake
 

@@ -38,7 +38,6 @@ URL's host name, an optional client certificate); ``username`` with ``password``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
@@ -59,6 +58,7 @@ from edge.config import MqttSettings, PayloadFormat, SenmlDevice
 from edge.sources.payloads import parse_json_payload, parse_value_payload
 from edge.sources.senml import parse_senml_payload
 from edge.sources.topics import TopicMatch, TopicPattern
+from edge.sources.waiting import wait_any, wait_set
 from edge.stats import EdgeStats
 
 __all__ = [
@@ -316,18 +316,10 @@ class MqttSource:
         return s.password or None
 
     async def _wait_lost(self) -> None:
-        lost = asyncio.ensure_future(self._lost.wait())
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            lost.cancel()
-            stop.cancel()
+        await wait_any(self._lost, self._stop)
 
     async def _wait_stop(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._stop.wait()
+        await wait_set(self._stop, delay)
 
     async def _disconnect(self) -> None:
         client = self._client

@@ -54,6 +54,7 @@ from edge.sources.lines import (
     LineParser,
     NmeaParser,
 )
+from edge.sources.waiting import wait_any, wait_set
 from edge.stats import EdgeStats
 
 __all__ = ["SerialSource", "make_parser"]
@@ -274,18 +275,10 @@ class SerialSource:
         self._lost.set()
 
     async def _wait_lost(self) -> None:
-        lost = asyncio.ensure_future(self._lost.wait())
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            lost.cancel()
-            stop.cancel()
+        await wait_any(self._lost, self._stop)
 
     async def _wait_stop(self, delay: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._stop.wait()
+        await wait_set(self._stop, delay)
 
     # ---------------------------------------------------------------- reading
 
