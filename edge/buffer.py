@@ -99,6 +99,8 @@ _WAL_RESERVE_MIN: Final = 256 * 1024
 _WAL_RESERVE_MAX: Final = 16 * _MIB
 _ROW_OVERHEAD: Final = 96
 """Bytes of a row besides its body, digests and sources (header, integers, index entries)."""
+_SEQ_END: Final = (1 << 63) - 1
+"""The largest SQLite integer: above every ``seq``."""
 _PRUNE_CHUNK: Final = 2_000
 """Rows deleted per transaction by :meth:`Buffer.maintain` (keeps each write lock short)."""
 _VACUUM_FREE_FRACTION: Final = 0.25
@@ -710,13 +712,7 @@ class Buffer:
 
     def unsent(self, after_seq: int = 0, limit: int = 100) -> list[StoredBatch]:
         """Up to ``limit`` unsent batches with ``seq > after_seq``, in seq order."""
-        with self._rlock:
-            rows = self._r.execute(
-                "SELECT seq, created_us, count, codec, body FROM batches"
-                " WHERE sent_us IS NULL AND seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
-        return [StoredBatch(*row) for row in rows]
+        return self.unsent_below(after_seq, _SEQ_END, limit)
 
     async def unsent_async(self, after_seq: int = 0, limit: int = 100) -> list[StoredBatch]:
         """:meth:`unsent` in a worker thread."""
