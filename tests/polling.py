@@ -6,6 +6,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import nats.js.errors
+from nats.js import JetStreamContext
+
 
 async def until(
     predicate: Callable[[], bool | Awaitable[bool]],
@@ -31,3 +34,12 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def stream_exists(js: JetStreamContext, name: str = "CAIRN_TELEMETRY") -> bool:
+    """Whether JetStream has the stream ``name`` (a predicate for :func:`until`)."""
+    try:
+        await js.stream_info(name)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,7 +23,7 @@ from contract.names import HDR_CODEC, HDR_EDGE, HDR_MSG_ID, HDR_SEQ, msg_id, tel
 from hub.cli import main
 from hub.config import Synchronous, load_config
 from simulator.servers import NatsServer
-from tests.polling import until
+from tests.polling import stream_exists, until
 
 
 def _hub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -150,13 +149,12 @@ def test_token_create_and_lists_without_a_store(tmp_path: Path) -> None:
 
 
 async def _wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().endswith("\n"):
-            return path.read_text().strip()
+    def written() -> bool:
         assert proc.poll() is None, "the hub exited"
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {path} after {timeout}s")
+        return path.exists() and path.read_text().endswith("\n")
+
+    await until(written, f"{path}", timeout)
+    return path.read_text().strip()
 
 
 async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
@@ -204,14 +202,8 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
         readings = [Reading("d1", "temp", 1_000_000 + i, float(i)) for i in range(10)]
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream(timeout=10)
-        deadline = time.monotonic() + 30
-        while True:  # the hub makes the stream once it is connected
-            try:
-                await js.stream_info("CAIRN_TELEMETRY")
-                break
-            except nats.js.errors.NotFoundError:
-                assert time.monotonic() < deadline, "the hub made no stream"
-                await asyncio.sleep(0.05)
+        # the hub makes the stream once it is connected
+        await until(lambda: stream_exists(js), "the hub to make the stream", 30)
         await js.publish(
             telemetry_subject("acme", edge),
             encode_batch(readings),

@@ -25,7 +25,7 @@ from hub.config import HubConfig, NatsSettings
 from hub.ingest import Ingestor
 from hub.store import SqliteStore
 from simulator.servers import NatsServer
-from tests.polling import until
+from tests.polling import stream_exists, until
 
 
 def _readings(edge: str, seq: int, n: int = 50) -> list[Reading]:
@@ -90,15 +90,7 @@ async def _wait_stream(hub: _Hub) -> None:
     )
     nc, js = await _publisher(hub.settings.url)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                await js.stream_info("CAIRN_TELEMETRY")
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+        await until(lambda: stream_exists(js), "the stream", 20)
     finally:
         await nc.close()
 

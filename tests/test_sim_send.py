@@ -15,6 +15,7 @@ from simulator.fleet import Fleet, FleetSpec, canonical_value, reading_key
 from simulator.mqtt_wire import MqttError
 from simulator.send import Ledger, send_fleet
 from simulator.servers import Mosquitto, free_port
+from tests.polling import until
 from tests.test_sim_wire import Subscriber
 
 _Key = tuple[str, str, int, str]
@@ -145,11 +146,12 @@ async def test_endless_run_cancelled_keeps_an_exact_prefix(mosquitto: Mosquitto)
         task = asyncio.create_task(
             send_fleet(fleet, mosquitto.url, instants=None, paced=True, speed=500.0, ledger=ledger)
         )
-        deadline = asyncio.get_running_loop().time() + 30
-        while ledger.messages < 200:
-            assert asyncio.get_running_loop().time() < deadline, "the endless run stalled"
-            assert not task.done()
-            await asyncio.sleep(0.01)
+
+        def sent_200() -> bool:
+            assert not task.done(), "the endless run ended"
+            return ledger.messages >= 200
+
+        await until(sent_200, "200 messages of the endless run", 30)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -50,11 +49,7 @@ class Subscriber:
 
     async def wait_for(self, n: int, timeout: float = 30.0) -> None:
         """Poll until ``n`` messages arrived (fail after ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while len(self.messages) < n:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"received {len(self.messages)} of {n} messages")
-            await asyncio.sleep(0.01)
+        await until(lambda: len(self.messages) >= n, f"{n} messages", timeout)
 
 
 def _publisher(broker: Mosquitto, **kw: Any) -> MqttPublisher:
