@@ -40,7 +40,7 @@ import logging
 import math
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -496,8 +496,7 @@ class Buffer:
         drops = _DropTally("full")
         with self._wlock:
             totals = _Totals(**asdict(self._totals))
-            self._begin()
-            try:
+            with self._transaction():
                 self._make_room(need, totals, drops)
                 cur = self._w.execute(
                     "INSERT INTO batches"
@@ -508,10 +507,6 @@ class Buffer:
                 seq = int(cur.lastrowid or 0)
                 # The estimate may fall short (B-tree splits): correct with the exact count.
                 self._make_room(0, totals, drops, keep=seq)
-                self._w.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
             totals.batches += 1
             totals.readings += count
             totals.bytes += len(body)
@@ -521,6 +516,18 @@ class Buffer:
             self._totals = totals
             self._keep_wal_small()
         return Appended(seq, drops.result())
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the writer (hold ``_wlock``); rolled back
+        (and the connection reopened if even that fails) on any error."""
+        self._begin()
+        try:
+            yield
+            self._w.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def _begin(self) -> None:
         try:
@@ -623,9 +630,8 @@ class Buffer:
             return
         sent_us = now_us() if sent_us is None else sent_us
         with self._wlock:
-            self._begin()
             marked: list[tuple[int, int]] = []
-            try:
+            with self._transaction():
                 for seq in seqs:
                     marked.extend(
                         self._w.execute(
@@ -634,10 +640,6 @@ class Buffer:
                             (sent_us, seq),
                         ).fetchall()
                     )
-                self._w.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
             t = self._totals
             t.batches_unsent -= len(marked)
             t.readings_unsent -= sum(c for c, _ in marked)
@@ -671,17 +673,12 @@ class Buffer:
         while True:
             with self._wlock:
                 totals = _Totals(**asdict(self._totals))
-                self._begin()
-                try:
+                with self._transaction():
                     rows = self._w.execute(
                         f"DELETE FROM batches WHERE seq IN (SELECT seq FROM batches WHERE {where}"  # noqa: S608 - constants and integers
                         " ORDER BY seq LIMIT ?) RETURNING count, length(body), sources, sent_us",
                         (cutoff, _PRUNE_CHUNK),
                     ).fetchall()
-                    self._w.execute("COMMIT")
-                except BaseException:
-                    self._rollback()
-                    raise
                 for count, length, sources, sent_us in rows:
                     totals.remove(count, length, sent=sent_us is not None)
                     if drops is not None:
