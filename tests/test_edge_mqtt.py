@@ -55,22 +55,24 @@ def mqtt_settings(url: str, client_id: str) -> MqttSettings:
 
 
 @contextlib.asynccontextmanager
-async def running_edge(
-    tmp_path: Path, url: str, *, flush_ms: int = 20, client_id: str = "cairn-test"
+async def running_source(
+    tmp_path: Path, settings: MqttSettings, *, flush_ms: int = 20, wait: bool = True
 ) -> AsyncIterator[Edge]:
-    """Buffer + batcher + MQTT source in this process, connected and subscribed."""
-    buffer = Buffer(tmp_path / "buffer.sqlite3")
+    """Buffer + batcher + MQTT source in this process (connected and subscribed if ``wait``);
+    the buffer file is named after the client id, so a restart with the same id reuses it."""
+    buffer = Buffer(tmp_path / f"buffer-{settings.client_id}.sqlite3")
     stats = EdgeStats()
-    settings = BufferSettings(
+    buf = BufferSettings(
         flush_interval_ms=flush_ms, max_batch_readings=1000, max_pending_readings=10_000
     )
-    batcher = Batcher(buffer, settings, stats, digest_window=2000)
+    batcher = Batcher(buffer, buf, stats, digest_window=2000)
     batcher.load_digests()
     try:
-        async with MqttSource(mqtt_settings(url, client_id), batcher, stats) as source:
+        async with MqttSource(settings, batcher, stats) as source:
             tasks = [asyncio.create_task(batcher.run()), asyncio.create_task(source.run())]
             try:
-                await poll(lambda: source.connected, "the source to connect and subscribe")
+                if wait:
+                    await poll(lambda: source.connected, "the source to connect and subscribe")
                 yield Edge(buffer, batcher, stats, source)
             finally:
                 for t in tasks:
@@ -78,6 +80,13 @@ async def running_edge(
                 await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         buffer.close()
+
+
+def running_edge(
+    tmp_path: Path, url: str, *, flush_ms: int = 20, client_id: str = "cairn-test"
+) -> contextlib.AbstractAsyncContextManager[Edge]:
+    """:func:`running_source` with the value and JSON topics of :func:`mqtt_settings`."""
+    return running_source(tmp_path, mqtt_settings(url, client_id), flush_ms=flush_ms)
 
 
 @pytest.fixture

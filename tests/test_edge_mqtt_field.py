@@ -8,7 +8,6 @@ killed with SIGKILL before its commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -16,7 +15,6 @@ import logging
 import random
 import ssl
 import struct
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
@@ -29,19 +27,16 @@ from cryptography.x509.oid import NameOID
 
 from contract.errors import ConfigError
 from contract.model import FLAG_EDGE_STAMPED, Reading, now_us
-from edge.batcher import Batcher
-from edge.buffer import Buffer
 from edge.config import (
-    BufferSettings,
     MqttSettings,
     PayloadFormat,
     SenmlDevice,
     TopicSettings,
     config_from_dict,
 )
-from edge.sources.mqtt import PUBACK_PAYLOAD_INVALID, MqttSource, tls_context
-from edge.stats import EdgeStats
+from edge.sources.mqtt import PUBACK_PAYLOAD_INVALID, tls_context
 from simulator.servers import Mosquitto
+from tests.test_edge_mqtt import running_source
 from tests.test_edge_support import (
     EdgeProcess,
     MqttProxy,
@@ -136,18 +131,6 @@ class Qos2Proxy(MqttProxy):
         return super()._from_edge(packet)
 
 
-@dataclass
-class Edge:
-    buffer: Buffer
-    batcher: Batcher
-    stats: EdgeStats
-    source: MqttSource
-
-    @property
-    def counters(self) -> dict[str, int]:
-        return dict(self.stats.counters)
-
-
 def settings_for(url: str, client_id: str, **kw: Any) -> MqttSettings:
     base = MqttSettings(
         name="mqtt",
@@ -161,33 +144,6 @@ def settings_for(url: str, client_id: str, **kw: Any) -> MqttSettings:
         ),
     )
     return replace(base, **kw)
-
-
-@contextlib.asynccontextmanager
-async def running_edge(
-    tmp_path: Path, settings: MqttSettings, *, flush_ms: int = 20, wait: bool = True
-) -> AsyncIterator[Edge]:
-    """Buffer + batcher + MQTT source in this process (connected and subscribed if ``wait``)."""
-    buffer = Buffer(tmp_path / f"buffer-{settings.client_id}.sqlite3")
-    stats = EdgeStats()
-    buf = BufferSettings(
-        flush_interval_ms=flush_ms, max_batch_readings=1000, max_pending_readings=10_000
-    )
-    batcher = Batcher(buffer, buf, stats, digest_window=2000)
-    batcher.load_digests()
-    try:
-        async with MqttSource(settings, batcher, stats) as source:
-            tasks = [asyncio.create_task(batcher.run()), asyncio.create_task(source.run())]
-            try:
-                if wait:
-                    await poll(lambda: source.connected, "the source to connect and subscribe")
-                yield Edge(buffer, batcher, stats, source)
-            finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        buffer.close()
 
 
 # --------------------------------------------------------------------------- certificates
@@ -311,7 +267,7 @@ async def test_senml_packs_become_readings_and_bad_ones_are_refused(
 ) -> None:
     async with (
         MqttProxy(mosquitto.port) as proxy,
-        running_edge(tmp_path, settings_for(proxy.url, unique_name)) as edge,
+        running_source(tmp_path, settings_for(proxy.url, unique_name)) as edge,
         RawPublisher(mosquitto.port, f"{unique_name}-pub") as pub,
     ):
         pack = [
@@ -350,7 +306,7 @@ async def test_qos0_is_stored_without_any_acknowledgement(
 ) -> None:
     async with (
         MqttProxy(mosquitto.port) as proxy,
-        running_edge(tmp_path, settings_for(proxy.url, unique_name, qos=0)) as edge,
+        running_source(tmp_path, settings_for(proxy.url, unique_name, qos=0)) as edge,
         RawPublisher(mosquitto.port, f"{unique_name}-pub") as pub,
     ):
         pub.publish("sensors/d1/temp", b"21.5", qos=0)
@@ -366,7 +322,7 @@ async def test_qos2_pubrec_only_after_the_commit(
 ) -> None:
     async with (
         Qos2Proxy(mosquitto.port) as proxy,
-        running_edge(
+        running_source(
             tmp_path, settings_for(proxy.url, unique_name, qos=2), flush_ms=60_000
         ) as edge,
         FieldPublisher(mosquitto.port, f"{unique_name}-pub") as pub,
@@ -448,12 +404,12 @@ async def test_username_and_password_file(
         secret.write_text("s3cret pass\n")
         wrong = settings_for(broker.url, f"{unique_name}-w", username="edge", password="nope")
         caplog.set_level(logging.WARNING, logger="edge.sources.mqtt")
-        async with running_edge(tmp_path, wrong, wait=False) as edge:
+        async with running_source(tmp_path, wrong, wait=False) as edge:
             await poll(lambda: "cannot connect" in caplog.text, "the refused connect to be logged")
             assert not edge.source.connected
         good = settings_for(broker.url, unique_name, username="edge", password_file=str(secret))
         async with (
-            running_edge(tmp_path, good) as edge,
+            running_source(tmp_path, good) as edge,
             FieldPublisher(broker.port, "pub", username="pub", password="pubpw") as pub,
         ):
             await pub.wait_acked([pub.publish("sensors/d1/temp", b"1")])
@@ -478,7 +434,7 @@ async def test_tls_with_a_ca_file_and_a_client_certificate(
             cert_file=str(pki.client_cert),
             key_file=str(pki.client_key),
         )
-        async with running_edge(tmp_path, untrusted, wait=False) as edge:
+        async with running_source(tmp_path, untrusted, wait=False) as edge:
             await poll(lambda: "CERTIFICATE_VERIFY_FAILED" in caplog.text, "a refused server cert")
             assert not edge.source.connected
         good = settings_for(
@@ -491,7 +447,7 @@ async def test_tls_with_a_ca_file_and_a_client_certificate(
         pub_tls = ssl.create_default_context(cafile=str(pki.ca))
         pub_tls.load_cert_chain(pki.client_cert, pki.client_key)
         async with (
-            running_edge(tmp_path, good) as edge,
+            running_source(tmp_path, good) as edge,
             FieldPublisher(broker.port, f"{unique_name}-pub", tls=pub_tls) as pub,
         ):
             await pub.wait_acked([pub.publish("senml/d1", json.dumps([{"n": "t", "v": 2}]))])
@@ -508,7 +464,7 @@ async def test_tls_refuses_a_certificate_for_another_host(
     with broker.start():
         caplog.set_level(logging.WARNING, logger="edge.sources.mqtt")
         settings = settings_for(broker.url, unique_name, ca_file=str(pki.ca))  # right CA
-        async with running_edge(tmp_path, settings, wait=False) as edge:
+        async with running_source(tmp_path, settings, wait=False) as edge:
             await poll(lambda: "mismatch" in caplog.text, "the host name check to refuse it")
             assert not edge.source.connected
 
@@ -632,7 +588,7 @@ async def test_good_messages_among_garbage_are_all_kept_and_counted(
 ) -> None:
     messages, expected, bad = _mixed_traffic(seed=4, count=300)
     async with (
-        running_edge(tmp_path, settings_for(mosquitto.url, unique_name)) as edge,
+        running_source(tmp_path, settings_for(mosquitto.url, unique_name)) as edge,
         RawPublisher(mosquitto.port, f"{unique_name}-pub") as pub,
     ):
         await pub.wait_acked([pub.publish(topic, payload) for topic, payload in messages])
