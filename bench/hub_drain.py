@@ -43,15 +43,19 @@ from contract.names import (
     HDR_EDGE,
     HDR_MSG_ID,
     HDR_SEQ,
+    HDR_SIGNATURE,
     STREAM_NAME,
     msg_id,
     telemetry_subject,
 )
+from contract.signing import generate_key, public_key_bytes, sign_batch
 from hub.config import HubConfig, NatsSettings, StoreSettings, Synchronous
 from hub.ingest import Ingestor, ensure_stream
+from hub.registry import Registry
 from hub.store import SqliteStore
 from simulator.servers import NatsServer
 
+KEY = generate_key()
 TENANT = "bench"
 EDGE = "edge-1"
 _SENSORS = ("temp", "humidity", "pressure")
@@ -124,6 +128,7 @@ async def _prepublish(url: str, bodies: list[bytes], config: HubConfig) -> None:
             HDR_SEQ: str(seq),
             HDR_CODEC: str(CODEC_VERSION),
             HDR_COUNT: str(decode_batch(body).count),
+            HDR_SIGNATURE: sign_batch(KEY, TENANT, EDGE, seq, CODEC_VERSION, body),
         }
         futures.append(
             await js.publish_async(telemetry_subject(TENANT, EDGE), body, headers=headers)
@@ -146,7 +151,9 @@ async def bench_drain(
         )
         await _prepublish(server.url, bodies, config)
         store = SqliteStore(folder / "drain.sqlite3", synchronous)
-        ingestor = Ingestor(config, store)
+        registry = Registry(folder / "registry.sqlite3")
+        registry.register(TENANT, EDGE, public_key_bytes(KEY))
+        ingestor = Ingestor(config, store, registry)
         start = time.perf_counter()
         task = asyncio.create_task(ingestor.run())
         deadline = start + 600

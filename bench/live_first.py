@@ -42,26 +42,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.hub_drain import make_batches
 from contract.codec import CODEC_VERSION, decode_batch
 from contract.names import CONSUMER_NAME, STREAM_NAME
-from contract.signing import generate_key
+from contract.signing import generate_key, public_key_bytes
 from edge.buffer import Buffer
 from edge.config import ForwarderSettings
 from edge.forwarder import Forwarder
 from edge.stats import EdgeStats
 from hub.config import HubConfig, NatsSettings
 from hub.ingest import Ingestor
+from hub.registry import Registry
 from hub.store import SqliteStore
 from simulator.servers import NatsServer
 
+KEY = generate_key()
 TENANT = "bench"
 EDGE = "edge-1"
 
 
-def _hub(url: str, store_path: str) -> None:
+def _hub(url: str, store_path: str, public_key: bytes) -> None:
     """The hub's ingest, in its own process (as in production: another machine)."""
 
     async def run() -> None:
         store = SqliteStore(Path(store_path))
-        await Ingestor(HubConfig(nats=NatsSettings(url=url)), store).run()
+        registry = Registry(Path(store_path).with_name("registry.sqlite3"))
+        registry.register(TENANT, EDGE, public_key)
+        await Ingestor(HubConfig(nats=NatsSettings(url=url)), store, registry).run()
 
     asyncio.run(run())
 
@@ -117,7 +121,9 @@ async def _round(args: argparse.Namespace, folder: Path) -> tuple[float, float, 
     store_path = folder / "store.sqlite3"
     ctx = multiprocessing.get_context("spawn")
     with NatsServer(folder / "nats").start() as server:
-        hub = ctx.Process(target=_hub, args=(server.url, str(store_path)), daemon=True)
+        hub = ctx.Process(
+            target=_hub, args=(server.url, str(store_path), public_key_bytes(KEY)), daemon=True
+        )
         hub.start()
         try:
             await _hub_ready(server.url)
@@ -131,7 +137,7 @@ async def _round(args: argparse.Namespace, folder: Path) -> tuple[float, float, 
                 clock_interval_s=0,
                 status_interval_s=0,
             )
-            forwarder = Forwarder(settings, buffer, TENANT, EDGE, generate_key(), EdgeStats())
+            forwarder = Forwarder(settings, buffer, TENANT, EDGE, KEY, EdgeStats())
             fresh: list[int] = []
 
             async def produce() -> None:

@@ -1,45 +1,48 @@
 """The hub's REST API (aiohttp), versioned under ``/api/v1``, JSON in and out.
 
-Every route needs ``Authorization: Bearer <token>``; every query is scoped to the token's
-tenant. Errors are JSON ``{"error": slug, "detail": text}``; bad input is a 4xx, never a 500.
+The route table (:data:`ROUTES`) is the data routes here plus those of :mod:`hub.api_identity`
+and :mod:`hub.api_admin`; each names the least role that may call it
+(:class:`hub.apibase.Route`). Every tenant route reads its tenant from the verified token.
+Errors are JSON ``{"error": slug, "detail": text}``; bad input is a 4xx, never a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from aiohttp import web
 
-from contract.errors import AuthError
 from contract.model import Reading, Value
-from hub.auth import Claims, TokenAuthority
+from hub import api_admin, api_identity
+from hub.apibase import (
+    AUTH,
+    INGEST,
+    MAX_BODY_BYTES,
+    REGISTRY,
+    STATUS,
+    STORE,
+    Route,
+    claims,
+    error,
+    guard,
+)
+from hub.auth import TokenAuthority
 from hub.ingest import IngestStats
+from hub.registry import Registry
 from hub.status import StatusListener
 from hub.store import Store, StoreError
 
-__all__ = ["ROUTES", "make_app"]
-
-_STORE: Final = web.AppKey("store", Store)
-_AUTH: Final = web.AppKey("auth", TokenAuthority)
-_INGEST: Final = web.AppKey("ingest", IngestStats)
-_STATUS: Final = web.AppKey("status", StatusListener)
-_CLAIMS: Final = web.RequestKey("claims", Claims)
+__all__ = ["ROUTES", "make_app", "openapi_spec"]
 
 DEFAULT_LIMIT: Final = 1000
 MAX_LIMIT: Final = 10_000
 _MIN_US: Final = -(2**63)
 _MAX_US: Final = 2**63 - 1
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _error(status: int, slug: str, detail: str) -> web.Response:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return web.json_response({"error": slug, "detail": detail}, status=status, headers=headers)
 
 
 def _iso(ts_us: int) -> str:
@@ -78,33 +81,26 @@ def _time_param(request: web.Request, name: str, default: int) -> int:
 
 
 @web.middleware
-async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return _error(401, "unauthorized", "missing bearer token")
-    try:
-        request[_CLAIMS] = request.app[_AUTH].verify(token.strip())
-    except AuthError as exc:
-        return _error(401, "unauthorized", str(exc))
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Bad input is a 4xx in the API's shape, never a 500 with a traceback."""
     try:
         return await handler(request)
     except StoreError as exc:
-        return _error(400, "bad-parameter", str(exc))
+        return error(400, "bad-parameter", str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason)
-
-
-def _claims(request: web.Request) -> Claims:
-    claims: Claims = request[_CLAIMS]
-    return claims
+        slug = {413: "too-large", 404: "not-found", 405: "method-not-allowed"}.get(
+            exc.status, "bad-request" if exc.status == 400 else "error"
+        )
+        return error(exc.status, slug, exc.reason)
 
 
 async def _devices(request: web.Request) -> web.Response:
-    tenant = _claims(request).tenant
-    devices = await asyncio.to_thread(request.app[_STORE].devices, tenant)
+    tenant = claims(request).tenant
+    devices = await asyncio.to_thread(request.app[STORE].devices, tenant)
     return web.json_response(
         {
             "devices": [
@@ -131,23 +127,23 @@ def _reading_json(r: Reading) -> dict[str, Any]:
 
 
 async def _readings(request: web.Request) -> web.Response:
-    tenant = _claims(request).tenant
-    store = request.app[_STORE]
+    tenant = claims(request).tenant
+    store = request.app[STORE]
     device = request.match_info["device"]
     sensor = request.query.get("sensor")
     if not sensor:
-        return _error(400, "bad-parameter", "sensor: required")
+        return error(400, "bad-parameter", "sensor: required")
     start = _time_param(request, "from", _MIN_US)
     end = _time_param(request, "to", _MAX_US)
     try:
         limit = int(request.query.get("limit", DEFAULT_LIMIT))
     except ValueError:
-        return _error(400, "bad-parameter", "limit: an integer")
+        return error(400, "bad-parameter", "limit: an integer")
     if not 1 <= limit <= MAX_LIMIT:
-        return _error(400, "bad-parameter", f"limit: between 1 and {MAX_LIMIT}")
+        return error(400, "bad-parameter", f"limit: between 1 and {MAX_LIMIT}")
     cursor = request.query.get("cursor") or None
     if not await asyncio.to_thread(store.has_series, tenant, device, sensor):
-        return _error(404, "not-found", "no such device and sensor")
+        return error(404, "not-found", "no such device and sensor")
     page, next_cursor = await asyncio.to_thread(
         store.readings, tenant, device, sensor, start, end, limit, cursor
     )
@@ -162,11 +158,11 @@ async def _readings(request: web.Request) -> web.Response:
 
 
 async def _latest(request: web.Request) -> web.Response:
-    tenant = _claims(request).tenant
+    tenant = claims(request).tenant
     device = request.query.get("device") or None
-    store = request.app[_STORE]
+    store = request.app[STORE]
     if device is not None and not await asyncio.to_thread(store.has_series, tenant, device):
-        return _error(404, "not-found", "no such device")
+        return error(404, "not-found", "no such device")
     rows = await asyncio.to_thread(store.latest, tenant, device)
     return web.json_response(
         {
@@ -228,8 +224,8 @@ def _status_summary(doc: Any, received_us: int) -> dict[str, Any]:
 
 
 async def _edges(request: web.Request) -> web.Response:
-    tenant = _claims(request).tenant
-    rows = await asyncio.to_thread(request.app[_STORE].edges, tenant)
+    tenant = claims(request).tenant
+    rows = await asyncio.to_thread(request.app[STORE].edges, tenant)
     for r in rows:
         r["last_time"] = _iso(r["last_us"]) if r["last_us"] is not None else None
         doc = r.pop("status")
@@ -241,13 +237,13 @@ async def _edges(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    tenant = _claims(request).tenant
-    stats = await asyncio.to_thread(request.app[_STORE].stats, tenant)
+    tenant = claims(request).tenant
+    stats = await asyncio.to_thread(request.app[STORE].stats, tenant)
     return web.json_response(
         {
             **stats,
-            "ingest": request.app[_INGEST].as_dict(),
-            "status": request.app[_STATUS].as_dict(),
+            "ingest": request.app[INGEST].as_dict(),
+            "status": request.app[STATUS].as_dict(),
         }
     )
 
@@ -256,36 +252,88 @@ async def _openapi(_request: web.Request) -> web.Response:
     return web.json_response(openapi_spec())
 
 
-ROUTES: Final[tuple[tuple[str, str, Handler, str], ...]] = (
-    ("GET", "/api/v1/devices", _devices, "Devices of the tenant and their sensors"),
-    ("GET", "/api/v1/devices/{device}/readings", _readings, "Readings of one sensor in a range"),
-    ("GET", "/api/v1/latest", _latest, "Latest value of every sensor"),
-    ("GET", "/api/v1/edges", _edges, "Edges of the tenant with counts and latest status"),
-    ("GET", "/api/v1/stats", _stats, "Stored readings and ingest counters"),
-    ("GET", "/api/v1/openapi.json", _openapi, "This API's OpenAPI document"),
+_READINGS_PARAMS: Final = (
+    {"name": "sensor", "in": "query", "required": True, "schema": {"type": "string"}},
+    {"name": "from", "in": "query", "schema": {"type": "string"}},
+    {"name": "to", "in": "query", "schema": {"type": "string"}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
 )
+
+DATA_ROUTES: Final[tuple[Route, ...]] = (
+    Route("GET", "/api/v1/devices", _devices, "Devices of the tenant and their sensors", "viewer"),
+    Route(
+        "GET",
+        "/api/v1/devices/{device}/readings",
+        _readings,
+        "Readings of one sensor in a range",
+        "viewer",
+        params=_READINGS_PARAMS,
+    ),
+    Route(
+        "GET",
+        "/api/v1/latest",
+        _latest,
+        "Latest value of every sensor",
+        "viewer",
+        params=({"name": "device", "in": "query", "schema": {"type": "string"}},),
+    ),
+    Route(
+        "GET",
+        "/api/v1/edges",
+        _edges,
+        "Edges of the tenant with counts and latest status",
+        "viewer",
+        params=({"name": "document", "in": "query", "schema": {"type": "string"}},),
+    ),
+    Route("GET", "/api/v1/stats", _stats, "Stored readings and ingest counters", "viewer"),
+    Route("GET", "/api/v1/openapi.json", _openapi, "This API's OpenAPI document", None),
+)
+
+ROUTES: Final[tuple[Route, ...]] = DATA_ROUTES + api_identity.ROUTES + api_admin.ROUTES
 """Every route of the API: the attack tests iterate over this table."""
 
 
-def openapi_spec() -> dict[str, Any]:
-    params = {
-        "/api/v1/devices/{device}/readings": [
-            {"name": "device", "in": "path", "required": True, "schema": {"type": "string"}},
-            {"name": "sensor", "in": "query", "required": True, "schema": {"type": "string"}},
-            {"name": "from", "in": "query", "schema": {"type": "string"}},
-            {"name": "to", "in": "query", "schema": {"type": "string"}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-            {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-        ],
-        "/api/v1/latest": [{"name": "device", "in": "query", "schema": {"type": "string"}}],
-        "/api/v1/edges": [{"name": "document", "in": "query", "schema": {"type": "string"}}],
-    }
-    responses = {
+def _path_params(path: str) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"\{(\w+)\}", path)
+    ]
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    responses: dict[str, Any] = {
         "200": {"description": "OK", "content": {"application/json": {}}},
         "400": {"description": "Bad parameter"},
-        "401": {"description": "Missing or invalid token"},
         "404": {"description": "Not found"},
+        "413": {"description": "Body too large"},
     }
+    if route.role is not None:
+        responses["401"] = {"description": "Missing, invalid or revoked token"}
+        responses["403"] = {"description": f"Needs role {route.role}"}
+    for code, text in route.responses.items():
+        responses[code] = {"description": text}
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "parameters": _path_params(route.path) + list(route.params),
+        "responses": responses,
+    }
+    if route.role is None:
+        op["security"] = []
+    else:
+        op["x-cairn-role"] = route.role
+    if route.body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": route.body}},
+        }
+    return op
+
+
+def openapi_spec() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
     return {
         "openapi": "3.0.3",
         "info": {"title": "Cairn hub API", "version": "1"},
@@ -295,16 +343,7 @@ def openapi_spec() -> dict[str, Any]:
             }
         },
         "security": [{"bearer": []}],
-        "paths": {
-            path: {
-                method.lower(): {
-                    "summary": summary,
-                    "parameters": params.get(path, []),
-                    "responses": responses,
-                }
-            }
-            for method, path, _h, summary in ROUTES
-        },
+        "paths": paths,
     }
 
 
@@ -313,13 +352,17 @@ def make_app(
     auth: TokenAuthority,
     ingest: IngestStats | None = None,
     status: StatusListener | None = None,
+    *,
+    registry: Registry,
 ) -> web.Application:
-    """The API application; ``store`` and ``auth`` are shared with the rest of the hub."""
-    app = web.Application(middlewares=[_errors_and_auth], client_max_size=64 * 1024)
-    app[_STORE] = store
-    app[_AUTH] = auth
-    app[_INGEST] = ingest or IngestStats()
-    app[_STATUS] = status or StatusListener("", store)
-    for method, path, handler, _summary in ROUTES:
-        app.router.add_route(method, path, handler)
+    """The API application; ``store``, ``auth`` and ``registry`` are shared with the rest of
+    the hub."""
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+    app[STORE] = store
+    app[AUTH] = auth
+    app[INGEST] = ingest or IngestStats()
+    app[STATUS] = status or StatusListener("", store)
+    app[REGISTRY] = registry
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, guard(route))
     return app

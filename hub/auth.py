@@ -25,10 +25,28 @@ from contract.model import valid_name
 from contract.names import TOKEN_RE
 from contract.signing import load_or_create_key, public_key_bytes
 
-__all__ = ["DEVICE_AUDIENCE", "DEVICE_TTL_MAX_S", "ROLES", "Claims", "TokenAuthority"]
+__all__ = [
+    "DEVICE_AUDIENCE",
+    "DEVICE_TTL_MAX_S",
+    "PLATFORM_ADMIN",
+    "PLATFORM_TENANT",
+    "ROLES",
+    "ROLE_RANK",
+    "TENANT_ROLES",
+    "Claims",
+    "TokenAuthority",
+]
 
-ROLES: Final = ("admin", "operator", "viewer")
-"""Roles of API tokens. In this version every role may read its own tenant's data."""
+TENANT_ROLES: Final = ("admin", "operator", "viewer")
+"""Roles within one tenant, strongest first (the table in docs/operator.md says what each may
+do; ``hub.apibase.Route.role`` enforces it)."""
+ROLE_RANK: Final = {"viewer": 1, "operator": 2, "admin": 3}
+PLATFORM_ADMIN: Final = "platform-admin"
+"""The role that manages tenants; it reads no tenant's data."""
+PLATFORM_TENANT: Final = "*"
+"""The ``tenant`` claim of platform-admin tokens (no tenant may be called that)."""
+ROLES: Final = (*TENANT_ROLES, PLATFORM_ADMIN)
+"""Every role an API token may carry."""
 
 DEVICE_AUDIENCE: Final = "cairn-edge"
 """``aud`` of device tokens: edges verify them (``edge.sources.devtokens.AUDIENCE``)."""
@@ -48,6 +66,16 @@ class Claims:
     role: str
     expires: int
     jti: str
+
+
+def _check_tenant_role(tenant: str, role: str) -> None:
+    if role not in ROLES:
+        raise AuthError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if role == PLATFORM_ADMIN:
+        if tenant != PLATFORM_TENANT:
+            raise AuthError(f"a {PLATFORM_ADMIN} token has tenant {PLATFORM_TENANT!r}")
+    elif not TOKEN_RE.match(tenant):
+        raise AuthError(f"tenant must match {TOKEN_RE.pattern}, got {tenant!r}")
 
 
 class TokenAuthority:
@@ -78,10 +106,7 @@ class TokenAuthority:
 
     def issue(self, tenant: str, role: str, ttl_s: int, subject: str | None = None) -> str:
         """A signed token for ``role`` in ``tenant``, valid for ``ttl_s`` seconds from now."""
-        if not TOKEN_RE.match(tenant):
-            raise AuthError(f"tenant must match {TOKEN_RE.pattern}, got {tenant!r}")
-        if role not in ROLES:
-            raise AuthError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        _check_tenant_role(tenant, role)
         if ttl_s <= 0:
             raise AuthError(f"ttl must be positive, got {ttl_s}")
         now = int(time.time())
@@ -170,10 +195,12 @@ class TokenAuthority:
         except jwt.PyJWTError as exc:
             raise AuthError("invalid token signature or claims") from exc
         tenant, role = raw.get("tenant"), raw.get("role")
-        if not isinstance(tenant, str) or not TOKEN_RE.match(tenant):
-            raise AuthError("token has no valid tenant claim")
-        if role not in ROLES:
-            raise AuthError("token has no valid role claim")
+        if not isinstance(tenant, str) or not isinstance(role, str):
+            raise AuthError("token has no valid tenant and role claims")
+        try:
+            _check_tenant_role(tenant, role)
+        except AuthError:
+            raise AuthError("token has no valid tenant and role claims") from None
         claims = Claims(str(raw["sub"]), tenant, str(role), int(raw["exp"]), str(raw["jti"]))
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()

@@ -43,8 +43,9 @@ class HubSettings:
     """``[hub]``: where the hub keeps its state."""
 
     state_dir: Path = Path("state")
-    """Folder of ``store.sqlite3``, the JWT signing key ``jwt-signing.pem`` and ``api.port``
-    (created with mode 0700)."""
+    """Folder of ``store.sqlite3``, ``registry.sqlite3`` (tenants, edges and their keys, API
+    keys, revoked tokens), the JWT signing key ``jwt-signing.pem`` and ``api.port`` (created
+    with mode 0700)."""
 
     @property
     def store_path(self) -> Path:
@@ -53,6 +54,10 @@ class HubSettings:
     @property
     def key_path(self) -> Path:
         return self.state_dir / "jwt-signing.pem"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.state_dir / "registry.sqlite3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,9 @@ class AuthSettings:
     """Lifetime of a token made by ``cairn-hub token create`` unless ``--ttl-s`` says otherwise."""
     leeway_s: int = bounded(30, lo=0, hi=600)
     """Clock leeway when checking ``exp``, ``nbf`` and ``iat``, seconds."""
+    retired_key_grace_s: int = bounded(7 * 86400, lo=0, hi=366 * 86400)
+    """After an edge rotates its key, batches signed with the old key are still accepted for
+    this long (they may wait in JetStream while the hub is down), seconds."""
 
 
 @dataclass(frozen=True, slots=True)

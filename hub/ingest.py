@@ -1,11 +1,13 @@
 """JetStream -> store: the hub's durable pull consumer.
 
-For each delivered batch: take (tenant, edge) from the subject, check the headers, decode the
-body, store it in one transaction (a known (tenant, edge, seq) is a no-op), and acknowledge only
-after the commit. A batch that fails a check is quarantined with the reason, counted, and
-terminated (``term``) so JetStream does not redeliver it; it never stops the loop. A crash
-between commit and ack makes JetStream redeliver, and the store's (tenant, edge, seq) key turns
-that redelivery into a no-op.
+For each delivered batch: take (tenant, edge) from the subject, check the headers, verify the
+``Cairn-Sig`` signature against the keys the registry holds for that edge (before a byte of the
+body is decoded: a batch from an unknown or revoked edge, of a disabled tenant, or with a bad
+signature is rejected with that reason), decode the body, store it in one transaction (a known
+(tenant, edge, seq) is a no-op), and acknowledge only after the commit. A batch that fails a
+check is quarantined with the reason, counted, and terminated (``term``) so JetStream does not
+redeliver it; it never stops the loop. A crash between commit and ack makes JetStream redeliver,
+and the store's (tenant, edge, seq) key turns that redelivery into a no-op.
 """
 
 from __future__ import annotations
@@ -28,18 +30,21 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 
 from contract.backoff import Backoff
 from contract.codec import CODEC_VERSION, Batch, decode_batch
-from contract.errors import CodecError
+from contract.errors import CodecError, SignatureError
 from contract.names import (
     CONSUMER_NAME,
     HDR_CODEC,
     HDR_EDGE,
     HDR_SEQ,
+    HDR_SIGNATURE,
     STREAM_NAME,
     STREAM_SUBJECTS,
     parse_telemetry_subject,
 )
 from contract.natsconn import connect_nats
+from contract.signing import verify_batch
 from hub.config import HubConfig, NatsSettings
+from hub.registry import Registry, RegistryError
 from hub.store import IngestResult, Store
 
 __all__ = ["IngestStats", "Ingestor", "ensure_stream"]
@@ -105,10 +110,48 @@ def _check(subject: str, headers: dict[str, str]) -> tuple[str, str, int, int]:
     return tenant, edge, seq, codec
 
 
-def _prepare(msg: Msg) -> _Prepared | _Rejected:
-    """Check a delivered batch and decode it, before anything is stored."""
+def _authenticate(
+    registry: Registry, tenant: str, edge: str, seq: int, codec: int, body: bytes, sig: str
+) -> None:
+    """Raise :class:`_Rejected` unless ``sig`` is a valid signature of this batch by a key the
+    edge may sign with now (enrolled, not revoked, tenant enabled; a key retired by a rotation
+    within the grace period still counts). Nothing of the body is decoded before this."""
+    if not sig:
+        raise _Rejected("unsigned", f"no {HDR_SIGNATURE} header")
     try:
-        tenant, edge, seq, codec = _check(msg.subject, dict(msg.headers or {}))
+        _verify(registry, tenant, edge, seq, codec, body, sig)
+    except _Rejected:
+        # Another process (the CLI) may have enrolled or rotated this edge since the
+        # registry last looked: look again at once before a rejection that is final.
+        if not registry.refresh(force=True):
+            raise
+        _verify(registry, tenant, edge, seq, codec, body, sig)
+
+
+def _verify(
+    registry: Registry, tenant: str, edge: str, seq: int, codec: int, body: bytes, sig: str
+) -> None:
+    try:
+        keys = registry.verification_keys(tenant, edge)
+    except RegistryError as exc:
+        raise _Rejected(exc.reason, exc.problem) from None
+    problem = "no key"
+    for key in keys:
+        try:
+            verify_batch(key, tenant, edge, seq, codec, body, sig)
+        except SignatureError as exc:
+            problem = exc.problem
+            continue
+        return
+    raise _Rejected("bad-signature", problem)
+
+
+def _prepare(msg: Msg, registry: Registry) -> _Prepared | _Rejected:
+    """Check a delivered batch, verify its signature, then decode it; nothing is stored yet."""
+    try:
+        headers = dict(msg.headers or {})
+        tenant, edge, seq, codec = _check(msg.subject, headers)
+        _authenticate(registry, tenant, edge, seq, codec, msg.data, headers.get(HDR_SIGNATURE, ""))
         try:
             batch = decode_batch(msg.data)
         except CodecError as exc:
@@ -116,15 +159,13 @@ def _prepare(msg: Msg) -> _Prepared | _Rejected:
         except Exception as exc:  # a decoder bug: keep the batch, keep the loop
             _log.exception("decoder failed on a batch of %s seq %s", edge, seq)
             raise _Rejected("bad-body", f"decoder failed: {type(exc).__name__}: {exc}") from exc
-        # Signature verification against the enrolled edge key goes here (enrollment
-        # issue); until then batches are authenticated by NATS subject permissions only.
     except _Rejected as rej:
         return rej
     return tenant, edge, seq, codec, batch
 
 
-def _prepare_all(msgs: list[Msg]) -> list[_Prepared | _Rejected]:
-    return [_prepare(m) for m in msgs]
+def _prepare_all(msgs: list[Msg], registry: Registry) -> list[_Prepared | _Rejected]:
+    return [_prepare(m, registry) for m in msgs]
 
 
 async def ensure_stream(js: Any, settings: NatsSettings) -> None:
@@ -145,9 +186,16 @@ async def ensure_stream(js: Any, settings: NatsSettings) -> None:
 class Ingestor:
     """Pulls batches from the telemetry stream into the store."""
 
-    def __init__(self, config: HubConfig, store: Store, stats: IngestStats | None = None) -> None:
+    def __init__(
+        self,
+        config: HubConfig,
+        store: Store,
+        registry: Registry,
+        stats: IngestStats | None = None,
+    ) -> None:
         self._settings = config.nats
         self._store = store
+        self._registry = registry
         self.stats = stats or IngestStats()
         # All store writes happen in this one thread: SQLite has one writer anyway, and the
         # event loop keeps serving the API meanwhile.
@@ -235,7 +283,7 @@ class Ingestor:
                 msgs = await psub.fetch(self._settings.fetch_batch, timeout=_FETCH_TIMEOUT_S)
             except nats.errors.TimeoutError:
                 msgs = []
-            prepared = await loop.run_in_executor(self._decoder, _prepare_all, msgs)
+            prepared = await loop.run_in_executor(self._decoder, _prepare_all, msgs, self._registry)
             if storing is not None:
                 await self._settle(stored_msgs, await storing)
                 storing = None

@@ -13,10 +13,11 @@ from hub.api import make_app
 from hub.auth import TokenAuthority
 from hub.config import HubConfig
 from hub.ingest import Ingestor
+from hub.registry import Registry
 from hub.status import StatusListener
 from hub.store import SqliteStore
 
-__all__ = ["authority", "run_hub"]
+__all__ = ["authority", "open_registry", "run_hub"]
 
 _log = logging.getLogger(__name__)
 
@@ -30,6 +31,11 @@ def authority(config: HubConfig) -> TokenAuthority:
         leeway_s=config.auth.leeway_s,
         default_ttl_s=config.auth.token_ttl_s,
     )
+
+
+def open_registry(config: HubConfig) -> Registry:
+    """The hub's registry of tenants, edges, keys and secrets."""
+    return Registry(config.hub.registry_path, retired_grace_s=config.auth.retired_key_grace_s)
 
 
 class _Stopped(Exception):  # noqa: N818 - a signal to leave the task group, not an error
@@ -54,14 +60,17 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
     except OSError as exc:
         raise ConfigError("hub.state_dir", f"cannot create {state}: {exc.strerror}") from exc
     auth = authority(config)
+    registry = open_registry(config)
     store = SqliteStore(config.hub.store_path, config.store.synchronous.value)
-    ingestor = Ingestor(config, store)
+    ingestor = Ingestor(config, store, registry)
     listener = StatusListener(config.nats.url, store)  # cairn.clock and the edges' status
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(make_app(store, auth, ingestor.stats, listener), access_log=None)
+    runner = web.AppRunner(
+        make_app(store, auth, ingestor.stats, listener, registry=registry), access_log=None
+    )
     await runner.setup()
     try:
         host, port = config.api_host_port
@@ -88,4 +97,5 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
             loop.remove_signal_handler(sig)
         await runner.cleanup()
         store.close()
+        registry.close()
         _log.info("hub stopped")

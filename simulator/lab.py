@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from contract.signing import load_or_create_key, public_key_bytes
+from hub.registry import Registry
 from simulator.servers import Mosquitto, NatsServer, free_port, wait_for_port
 
 __all__ = ["Lab", "LabSettings", "ManagedProcess"]
@@ -214,7 +216,23 @@ class Lab:
         self.hub.start()
         self._wait_listening(self.hub, self.api_port, timeout)
 
+    def enroll_edge(self) -> None:
+        """Register the edge's key (made now if it has none) with the hub's registry, unless
+        it is registered already."""
+        key = load_or_create_key(self.root / "edge" / "state" / "edge.key")
+        registry = Registry(self.root / "hub" / "state" / "registry.sqlite3")
+        try:
+            record = registry.edge(self.settings.tenant, self.settings.edge_id)
+            active = record.active_key if record is not None else None
+            if active is None or active.public_key != public_key_bytes(key):
+                registry.register(
+                    self.settings.tenant, self.settings.edge_id, public_key_bytes(key)
+                )
+        finally:
+            registry.close()
+
     def start_edge(self, timeout: float = 30.0) -> None:
+        self.enroll_edge()
         self.edge.start()
         self._wait_listening(self.edge, self.admin_port, timeout)
         # Listening on the admin port comes after the buffer is open; wait for MQTT too,

@@ -20,6 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from contract.names import HDR_SEQ, status_subject
+from contract.signing import public_key_bytes
 from edge.buffer import Buffer
 from edge.clock import ClockEstimate
 from edge.forwarder import Forwarder
@@ -27,7 +28,8 @@ from edge.stats import EdgeStats
 from hub.api import make_app
 from hub.auth import TokenAuthority
 from hub.config import ApiSettings, HubConfig, HubSettings, NatsSettings
-from hub.service import authority, run_hub
+from hub.registry import Registry
+from hub.service import authority, open_registry, run_hub
 from hub.status import StatusListener
 from hub.store import SqliteStore
 from simulator.servers import NatsServer
@@ -193,7 +195,8 @@ async def test_clock_offset_and_status_reach_the_hub(
     # The API shows the summary (and the whole document on request).
     auth = TokenAuthority(tmp_path / "key.pem", issuer="cairn-hub", audience="cairn-api")
     token = auth.issue_token(TENANT, "viewer", "test", 60)
-    async with TestClient(TestServer(make_app(store, auth))) as client:
+    registry = Registry(tmp_path / "registry.sqlite3")
+    async with TestClient(TestServer(make_app(store, auth, registry=registry))) as client:
         resp = await client.get(
             "/api/v1/edges?document=1", headers={"Authorization": f"Bearer {token}"}
         )
@@ -283,6 +286,9 @@ async def test_the_hub_service_answers_the_clock_and_serves_the_edge_status(
         nats=NatsSettings(url=nats_server.url),
         api=ApiSettings(listen="127.0.0.1:0"),
     )
+    registry = open_registry(config)
+    registry.register(TENANT, unique_name, public_key_bytes(KEY))
+    registry.close()
     stop = asyncio.Event()
     hub = asyncio.create_task(run_hub(config, stop=stop))
     port_file = tmp_path / "hub" / "api.port"

@@ -19,9 +19,19 @@ import pytest
 
 from contract.codec import encode_batch
 from contract.model import Reading
-from contract.names import HDR_CODEC, HDR_EDGE, HDR_MSG_ID, HDR_SEQ, msg_id, telemetry_subject
+from contract.names import (
+    HDR_CODEC,
+    HDR_EDGE,
+    HDR_MSG_ID,
+    HDR_SEQ,
+    HDR_SIGNATURE,
+    msg_id,
+    telemetry_subject,
+)
+from contract.signing import generate_key, public_key_bytes, sign_batch
 from hub.cli import main
 from hub.config import Synchronous, load_config
+from hub.registry import Registry
 from simulator.servers import NatsServer
 from tests.polling import stream_exists, until
 
@@ -199,15 +209,26 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
         assert (status, body["error"]) == (401, "unauthorized")
 
         edge = unique_name[-20:]
+        key = generate_key()  # enrolled while the hub runs: it notices the other process's write
+        registry = Registry(tmp_path / "state" / "registry.sqlite3")
+        registry.register("acme", edge, public_key_bytes(key))
+        registry.close()
         readings = [Reading("d1", "temp", 1_000_000 + i, float(i)) for i in range(10)]
+        body = encode_batch(readings)
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream(timeout=10)
         # the hub makes the stream once it is connected
         await until(lambda: stream_exists(js), "the hub to make the stream", 30)
         await js.publish(
             telemetry_subject("acme", edge),
-            encode_batch(readings),
-            headers={HDR_MSG_ID: msg_id(edge, 1), HDR_EDGE: edge, HDR_SEQ: "1", HDR_CODEC: "1"},
+            body,
+            headers={
+                HDR_MSG_ID: msg_id(edge, 1),
+                HDR_EDGE: edge,
+                HDR_SEQ: "1",
+                HDR_CODEC: "1",
+                HDR_SIGNATURE: sign_batch(key, "acme", edge, 1, 1, body),
+            },
         )
         await nc.close()
         await until(

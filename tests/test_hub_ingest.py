@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contract.codec import encode_batch
 from contract.model import Reading
@@ -18,11 +19,14 @@ from contract.names import (
     HDR_EDGE,
     HDR_MSG_ID,
     HDR_SEQ,
+    HDR_SIGNATURE,
     msg_id,
     telemetry_subject,
 )
+from contract.signing import generate_key, public_key_bytes, sign_batch
 from hub.config import HubConfig, NatsSettings
 from hub.ingest import Ingestor
+from hub.registry import Registry
 from hub.store import SqliteStore
 from simulator.servers import NatsServer
 from tests.polling import stream_exists, until
@@ -35,12 +39,23 @@ def _readings(edge: str, seq: int, n: int = 50) -> list[Reading]:
     ]
 
 
-def _headers(edge: str, seq: int, *, msg: str | None = None, codec: int = 1) -> dict[str, str]:
+_KEYS: dict[tuple[str, str], Ed25519PrivateKey] = {}
+
+
+def _key(tenant: str, edge: str) -> Ed25519PrivateKey:
+    """The signing key of a test edge (registered with every hub by the fixture)."""
+    return _KEYS.setdefault((tenant, edge), generate_key())
+
+
+def _headers(
+    tenant: str, edge: str, seq: int, body: bytes, *, msg: str | None = None, codec: int = 1
+) -> dict[str, str]:
     return {
         HDR_MSG_ID: msg or msg_id(edge, seq),
         HDR_EDGE: edge,
         HDR_SEQ: str(seq),
         HDR_CODEC: str(codec),
+        HDR_SIGNATURE: sign_batch(_key(tenant, edge), tenant, edge, seq, codec, body),
     }
 
 
@@ -49,17 +64,22 @@ class _Hub:
         self.settings = NatsSettings(url=url, fetch_batch=16)
         self.path = path
         self.store = SqliteStore(path)
+        self.registry = Registry(path.with_name("registry.sqlite3"))
+        self.enroll("t", "e1")
         self.task: asyncio.Task[None] | None = None
         self.ingestor: Ingestor | None = None
 
     def start(self) -> None:
-        self.ingestor = Ingestor(HubConfig(nats=self.settings), self.store)
+        self.ingestor = Ingestor(HubConfig(nats=self.settings), self.store, self.registry)
         self.task = asyncio.create_task(self.ingestor.run())
 
     async def stop(self) -> None:
         assert self.task is not None
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
+
+    def enroll(self, tenant: str, edge: str) -> None:
+        self.registry.register(tenant, edge, public_key_bytes(_key(tenant, edge)))
 
     def count(self) -> int:
         return self.store.stats()["readings"]
@@ -72,6 +92,7 @@ async def hub(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[_Hub]:
     yield h
     await h.stop()
     h.store.close()
+    h.registry.close()
 
 
 async def _publisher(url: str):
@@ -81,7 +102,9 @@ async def _publisher(url: str):
 
 async def _publish(js, tenant: str, edge: str, seq: int, **kw) -> None:
     body = encode_batch(_readings(edge, seq))
-    await js.publish(telemetry_subject(tenant, edge), body, headers=_headers(edge, seq, **kw))
+    await js.publish(
+        telemetry_subject(tenant, edge), body, headers=_headers(tenant, edge, seq, body, **kw)
+    )
 
 
 async def _wait_stream(hub: _Hub) -> None:
@@ -153,10 +176,16 @@ async def test_bad_batches_are_quarantined_and_neighbours_kept(hub: _Hub) -> Non
     await _wait_stream(hub)
     nc, js = await _publisher(hub.settings.url)
     await _publish(js, "t", "e1", 1)
-    await js.publish(telemetry_subject("t", "e1"), b"garbage", headers=_headers("e1", 2))
+    await js.publish(
+        telemetry_subject("t", "e1"), b"garbage", headers=_headers("t", "e1", 2, b"garbage")
+    )
     body = encode_batch(_readings("e1", 3))
-    await js.publish(telemetry_subject("t", "e1"), body, headers=_headers("e2", 3))  # edge mismatch
-    await js.publish(telemetry_subject("t", "e1"), body, headers=_headers("e1", 4, codec=99))
+    await js.publish(
+        telemetry_subject("t", "e1"), body, headers=_headers("t", "e2", 3, body)
+    )  # edge mismatch
+    await js.publish(
+        telemetry_subject("t", "e1"), body, headers=_headers("t", "e1", 4, body, codec=99)
+    )
     await js.publish(telemetry_subject("t", "e1"), body, headers={HDR_EDGE: "e1", HDR_SEQ: "x"})
     await _publish(js, "t", "e1", 6)
     await nc.close()
@@ -195,7 +224,7 @@ async def test_a_batch_resent_beyond_the_duplicate_window_is_stored_once(
             dropped = 0
             deadline = time.monotonic() + 30
             while True:  # re-send batch 2 until JetStream no longer knows its Msg-Id
-                ack = await js.publish(subject, body, headers=_headers("e1", 2))
+                ack = await js.publish(subject, body, headers=_headers("t", "e1", 2, body))
                 if not ack.duplicate:
                     break
                 dropped += 1
