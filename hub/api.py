@@ -21,6 +21,7 @@ from contract.model import Reading, Value
 from hub import api_admin, api_identity
 from hub.apibase import (
     AUTH,
+    CA_PEM,
     INGEST,
     MAX_BODY_BYTES,
     REGISTRY,
@@ -354,6 +355,7 @@ def make_app(
     status: StatusListener | None = None,
     *,
     registry: Registry,
+    ca_pem: bytes | None = None,
 ) -> web.Application:
     """The API application; ``store``, ``auth`` and ``registry`` are shared with the rest of
     the hub."""
@@ -363,6 +365,8 @@ def make_app(
     app[INGEST] = ingest or IngestStats()
     app[STATUS] = status or StatusListener("", store)
     app[REGISTRY] = registry
+    if ca_pem is not None:
+        app[CA_PEM] = ca_pem
     for route in ROUTES:
         app.router.add_route(route.method, route.path, guard(route))
     return app

@@ -27,6 +27,7 @@ from hub.store import Store
 
 __all__ = [
     "AUTH",
+    "CA_PEM",
     "CLAIMS",
     "INGEST",
     "MAX_BODY_BYTES",
@@ -48,6 +49,8 @@ REGISTRY: Final = web.AppKey("registry", Registry)
 INGEST: Final = web.AppKey("ingest", IngestStats)
 STATUS: Final = web.AppKey("status", StatusListener)
 CLAIMS: Final = web.RequestKey("claims", Claims)
+CA_PEM: Final = web.AppKey("ca_pem", bytes)
+"""The hub CA certificate (PEM) when the hub runs with TLS; absent otherwise."""
 
 MAX_BODY_BYTES: Final = 64 * 1024
 """Largest request body the API reads (aiohttp answers 413 above it)."""
