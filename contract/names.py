@@ -18,6 +18,9 @@ __all__ = [
     "STREAM_NAME",
     "STREAM_SUBJECTS",
     "TOKEN_RE",
+    "command_subject",
+    "edge_permissions",
+    "inbox_prefix",
     "msg_id",
     "parse_status_subject",
     "parse_telemetry_subject",
@@ -83,3 +86,25 @@ def parse_status_subject(subject: str) -> tuple[str, str] | None:
     if len(parts) != 2 or not all(TOKEN_RE.match(p) for p in parts):
         return None
     return parts[0], parts[1]
+
+
+_COMMAND_PREFIX: Final = "cairn.command."
+
+
+def command_subject(tenant: str, edge: str) -> str:
+    """The core NATS subject the hub sends one edge commands on (device-token revocations)."""
+    return f"{_COMMAND_PREFIX}{tenant}.{edge}"
+
+
+def inbox_prefix(tenant: str, edge: str) -> str:
+    """The reply-inbox prefix an edge connects with, so its permissions can name its own inboxes."""
+    return f"_INBOX.{tenant}.{edge}"
+
+
+def edge_permissions(tenant: str, edge: str) -> dict[str, list[str]]:
+    """What an edge's NATS user may do: publish its batches, its status and clock requests;
+    subscribe to its commands and its own reply inboxes (JetStream acks, clock answers)."""
+    return {
+        "publish": [telemetry_subject(tenant, edge), status_subject(tenant, edge), CLOCK_SUBJECT],
+        "subscribe": [command_subject(tenant, edge), f"{inbox_prefix(tenant, edge)}.>"],
+    }
