@@ -4,7 +4,9 @@ reconnecting for ever once connected."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -13,7 +15,7 @@ from nats.aio.client import Client as NatsClient
 
 from contract.backoff import Backoff
 
-__all__ = ["connect_nats"]
+__all__ = ["NatsIdentity", "connect_nats"]
 
 _log = logging.getLogger(__name__)
 
@@ -21,11 +23,42 @@ _RECONNECT_WAIT_S: Final = 0.5
 _CONNECT_TIMEOUT_S: Final = 5
 
 
+@dataclasses.dataclass(frozen=True)
+class NatsIdentity:
+    """Who connects and whom it trusts: TLS towards a CA, an nkey login, a reply-inbox prefix.
+
+    Every field is optional (a plain local connection needs none): ``ca_file`` turns on TLS
+    verified against that CA (PEM), ``nkey_seed`` (``SU...``) logs in as that nkey user, and
+    ``inbox_prefix`` names the reply inboxes (an edge's permissions allow only its own).
+    """
+
+    ca_file: str | None = None
+    nkey_seed: bytes | None = None
+    inbox_prefix: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The ``nats.connect`` keyword arguments for this identity."""
+        opts: dict[str, Any] = {}
+        if self.ca_file:
+            opts["tls"] = ssl.create_default_context(cafile=self.ca_file)
+        if self.nkey_seed:
+            opts["nkeys_seed_str"] = self.nkey_seed.decode()
+        if self.inbox_prefix:
+            opts["inbox_prefix"] = self.inbox_prefix
+        if self.user:
+            opts["user"] = self.user
+            opts["password"] = self.password or ""
+        return opts
+
+
 async def connect_nats(
     url: str,
     name: str,
     backoff: Backoff,
     on_failure: Callable[[str], None],
+    identity: NatsIdentity | None = None,
     **callbacks: Any,
 ) -> NatsClient:
     """Connect to ``url``, retrying after ``backoff`` delays until it works.
@@ -33,7 +66,8 @@ async def connect_nats(
     ``max_reconnect_attempts=1`` makes a first connect to a server that is down fail (after two
     tries) instead of looping inside nats-py at its fixed pace; once connected, reconnects are
     unlimited. ``on_failure`` gets a one-line description of each failed attempt;
-    ``callbacks`` (``error_cb``, ``disconnected_cb``...) go to ``nats.connect``.
+    ``identity`` adds TLS, an nkey login and an inbox prefix; ``callbacks`` (``error_cb``,
+    ``disconnected_cb``...) go to ``nats.connect``.
     """
     while True:
         try:
@@ -43,6 +77,7 @@ async def connect_nats(
                 max_reconnect_attempts=1,
                 reconnect_time_wait=_RECONNECT_WAIT_S,
                 connect_timeout=_CONNECT_TIMEOUT_S,
+                **(identity.options() if identity else {}),
                 **callbacks,
             )
         except Exception as exc:
