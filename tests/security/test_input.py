@@ -1,0 +1,154 @@
+"""Hostile input on every route of the hub API, generated from its route table.
+
+For every route, called with a token strong enough to reach its handler: a body over 64 KiB ->
+413 (routes that take a body; the others must not fail on one either); JSON nested deeper than
+the cap -> 400; SQL metacharacters, path traversal (``../``, ``%2e%2e``, ``%00``), very long
+and odd unicode values in every path and query parameter -> a 4xx or a 2xx, never a 5xx; and
+afterwards every row of the store and the registry is still there, unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+from hub.apibase import MAX_BODY_BYTES
+
+from .conftest import (
+    ALL_ROUTES,
+    VICTIM,
+    ApiWorld,
+    AttackRecorder,
+    fill_path,
+    lost_rows,
+    path_params,
+    query_params,
+    role_token,
+    sample_body,
+    strongest,
+)
+
+PAYLOADS: tuple[str, ...] = (
+    "' OR '1'='1",
+    "1; DROP TABLE readings; --",
+    "acme' --",
+    '" OR ""="',
+    "%' OR 1=1 --",
+    "1 UNION SELECT name, sql FROM sqlite_master --",
+    "../../../../etc/passwd",
+    "..%2f..%2f..%2fetc%2fpasswd",
+    "%2e%2e%2f%2e%2e%2f",
+    "..\\..\\windows\\win.ini",
+    "a\x00b",
+    "%00",
+    "x" * 10_000,
+    "\uff21\uff43\uff4d\uff45\u202e\u0000\ufeff\U0001f642",  # fullwidth "Acme", RTL, BOM
+    "\ud800",
+    "*",
+    "acme/../globex",
+    "${jndi:ldap://127.0.0.1/a}",
+    "-1",
+    "99999999999999999999999999",
+)
+"""Values put in every path and query parameter (each URL-encoded, so it reaches the handler
+as this text; the raw ``%2e%2e`` spellings test a decoding done twice)."""
+
+RAW_SEGMENTS: tuple[str, ...] = (
+    "%2e%2e",
+    "..%2f..%2fetc%2fpasswd",
+    "%2e%2e%2f%2e%2e%2fstats",
+    "%00",
+    "%ff%fe",
+    "%c0%ae%c0%ae",
+)
+"""Path segments sent as they are (decoded once by the server: ``..``, NUL, bad UTF-8)."""
+
+
+def _quote(value: str) -> str:
+    return quote(value.encode("utf-8", "surrogatepass"), safe="")
+
+
+def _headers(world: ApiWorld, route: object) -> dict[str, str]:
+    return role_token(world, VICTIM, strongest(route))  # type: ignore[arg-type]
+
+
+async def _status(
+    world: ApiWorld, method: str, url: str, headers: dict[str, str], data: bytes | None
+) -> tuple[int, str]:
+    resp = await world.client.request(
+        method, url, headers={**headers, "Content-Type": "application/json"}, data=data
+    )
+    return resp.status, await resp.text()
+
+
+async def test_oversized_bodies_are_413(world: ApiWorld, attack: AttackRecorder) -> None:
+    before = world.snapshot()
+    big = json.dumps({"pad": "x" * (MAX_BODY_BYTES + 1024)}).encode()
+    for route in ALL_ROUTES:
+        url = fill_path(route, {n: world.samples.get(n, "x") for n in path_params(route)})
+        with attack("input", f"{route.method} {route.path}: body over 64 KiB"):
+            status, text = await _status(world, route.method, url, _headers(world, route), big)
+            if route.body is not None:
+                assert status == 413, (route.path, status, text)
+                assert json.loads(text)["error"] == "too-large"
+            else:
+                assert status < 500, (route.path, status, text)
+    assert lost_rows(before, world.snapshot()) == {}
+
+
+def _nested(depth: int) -> bytes:
+    return ('{"a":' * depth + "1" + "}" * depth).encode()
+
+
+async def test_deep_json_is_400(world: ApiWorld, attack: AttackRecorder) -> None:
+    before = world.snapshot()
+    bodies = {
+        "nested 33 deep": _nested(33),
+        "nested 20000 deep (recursion)": b"[" * 20_000 + b"]" * 20_000,
+        "nested 5000 objects": _nested(5000),
+    }
+    for route in ALL_ROUTES:
+        if route.body is None:
+            continue
+        url = fill_path(route, {n: world.samples.get(n, "x") for n in path_params(route)})
+        for what, body in bodies.items():
+            with attack("input", f"{route.method} {route.path}: {what}"):
+                status, text = await _status(world, route.method, url, _headers(world, route), body)
+                assert status == 400, (route.path, what, status, text)
+    assert lost_rows(before, world.snapshot()) == {}
+
+
+async def test_hostile_parameters_never_5xx_and_data_intact(
+    world: ApiWorld, attack: AttackRecorder
+) -> None:
+    before = world.snapshot()
+    for route in ALL_ROUTES:
+        headers = _headers(world, route)
+        body = sample_body(route)
+        data = None if body is None else json.dumps(body).encode()
+        base_path = {n: _quote(world.samples.get(n, "x")) for n in path_params(route)}
+        base_query = {
+            p["name"]: world.samples.get(p["name"], "1")
+            for p in query_params(route)
+            if p.get("required")
+        }
+        targets = [("path", n) for n in path_params(route)]
+        targets += [("query", p["name"]) for p in query_params(route)]
+        for where, name in targets:
+            raw = RAW_SEGMENTS if where == "path" else ()
+            for payload in (*PAYLOADS, *raw):
+                values = dict(base_path)
+                query = dict(base_query)
+                if where == "path":
+                    values[name] = payload if payload in raw else _quote(payload)
+                else:
+                    query[name] = payload
+                url = fill_path(route, values)
+                if query:
+                    url += "?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in query.items())
+                what = f"{route.method} {route.path}: {where} {name}={payload[:24]!r}"
+                with attack("input", what):
+                    status, text = await _status(world, route.method, url, headers, data)
+                    assert status < 500, (what, status, text[:300])
+                    assert "Traceback" not in text, what
+    assert lost_rows(before, world.snapshot()) == {}
