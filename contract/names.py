@@ -14,6 +14,7 @@ __all__ = [
     "HDR_MSG_ID",
     "HDR_SEQ",
     "HDR_SIGNATURE",
+    "MSG_ID_SIG_CHARS",
     "STATUS_SUBJECTS",
     "STREAM_NAME",
     "STREAM_SUBJECTS",
@@ -61,9 +62,23 @@ def parse_telemetry_subject(subject: str) -> tuple[str, str] | None:
     return parts[0], parts[1]
 
 
-def msg_id(edge: str, seq: int) -> str:
-    """The ``Nats-Msg-Id`` of batch ``seq`` of ``edge``."""
-    return f"{edge}:{seq}"
+MSG_ID_SIG_CHARS: Final = 22
+"""Characters of the batch's ``Cairn-Sig`` in its ``Nats-Msg-Id`` (132 bits)."""
+
+
+def msg_id(edge: str, seq: int, *, tenant: str = "", signature: str = "") -> str:
+    """The ``Nats-Msg-Id`` of batch ``seq`` of ``edge``: ``<tenant>.<edge>:<seq>:<sig>``, where
+    ``<sig>`` is the start of the batch's ``Cairn-Sig`` (``<edge>:<seq>`` without them).
+
+    JetStream de-duplicates on this header across the whole stream, whatever the subject. The
+    tenant keeps two tenants' edges of the same name apart; the signature (Ed25519 signatures
+    are deterministic, so every re-send of a batch carries the same one) keeps any other edge
+    from publishing first under the id a batch will carry, which would make JetStream drop the
+    real batch as a duplicate. (After a key rotation a re-sent batch has another id: the hub's
+    (tenant, edge, seq) key then keeps it once.)"""
+    if not tenant and not signature:
+        return f"{edge}:{seq}"
+    return f"{tenant}.{edge}:{seq}:{signature[:MSG_ID_SIG_CHARS]}"
 
 
 CLOCK_SUBJECT: Final = "cairn.clock"

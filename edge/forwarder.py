@@ -1,7 +1,8 @@
 """The forwarder: committed batches -> NATS JetStream, each marked sent only on its ack.
 
 It publishes the unsent rows of the buffer to ``cairn.telemetry.<tenant>.<edge>``, each with
-``Nats-Msg-Id: <edge>:<seq>`` (JetStream's de-duplication key) and the ``Cairn-*`` headers,
+``Nats-Msg-Id: <tenant>.<edge>:<seq>:<signature prefix>`` (JetStream's de-duplication key,
+:func:`contract.names.msg_id`) and the ``Cairn-*`` headers,
 signed with the edge key, keeping up to ``max_in_flight`` publishes outstanding. A batch is
 marked sent when JetStream acknowledges it, also when the ack says it was a duplicate (an
 earlier attempt got through). A failed or timed-out publish is retried after a jittered backoff
@@ -456,7 +457,7 @@ class Forwarder:
             self._key, self._tenant, self._edge, batch.seq, batch.codec, batch.body
         )
         return {
-            HDR_MSG_ID: msg_id(self._edge, batch.seq),
+            HDR_MSG_ID: msg_id(self._edge, batch.seq, tenant=self._tenant, signature=signature),
             HDR_EDGE: self._edge,
             HDR_SEQ: str(batch.seq),
             HDR_CODEC: str(batch.codec),

@@ -103,7 +103,8 @@ async def test_batches_reach_the_stream_with_headers_and_signature(
     for m in msgs:
         seq = int(m.headers[HDR_SEQ])
         assert m.subject == telemetry_subject(TENANT, unique_name)
-        assert m.headers[HDR_MSG_ID] == f"{unique_name}:{seq}"
+        sig = m.headers[HDR_SIGNATURE]
+        assert m.headers[HDR_MSG_ID] == f"{TENANT}.{unique_name}:{seq}:{sig[:22]}"
         assert m.headers[HDR_EDGE] == unique_name
         assert m.headers[HDR_CODEC] == str(CODEC_VERSION)
         assert m.headers[HDR_COUNT] == "3"

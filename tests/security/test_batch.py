@@ -59,13 +59,15 @@ class Edge:
     key: Ed25519PrivateKey
 
     def headers(self, seq: int, body: bytes, *, codec: int = 1, mid: str = "") -> dict[str, str]:
+        """The headers the edge's forwarder sends (``mid``: another Msg-Id)."""
+        sig = sign_batch(self.key, self.tenant, self.edge, seq, codec, body)
         return {
-            HDR_MSG_ID: mid or msg_id(self.edge, seq),
+            HDR_MSG_ID: mid or msg_id(self.edge, seq, tenant=self.tenant, signature=sig),
             HDR_EDGE: self.edge,
             HDR_SEQ: str(seq),
             HDR_CODEC: str(codec),
             HDR_COUNT: str(decode_batch(body).count),
-            HDR_SIGNATURE: sign_batch(self.key, self.tenant, self.edge, seq, codec, body),
+            HDR_SIGNATURE: sig,
         }
 
     @property
@@ -258,3 +260,39 @@ async def test_forged_tampered_and_replayed_batches(hub: Hub, attack: AttackReco
         "duplicates_skipped": 1,
         "quarantined": len(attacks),
     }
+
+
+async def test_an_edge_cannot_squat_another_edges_msg_id(hub: Hub, attack: AttackRecorder) -> None:
+    """JetStream de-duplicates on ``Nats-Msg-Id`` across the whole stream, whatever the subject.
+    An edge of another tenant with the victim's edge id publishes its own batches honestly, and
+    a neighbour edge publishes on its own subject (which its NATS permissions allow) under every
+    Msg-Id it can work out for the victim's next batch. The victim's batches must be stored."""
+    victim = _enroll(hub, "t", "edge-v")
+    twin = _enroll(hub, "u", "edge-v")  # another tenant's edge of the same name
+    neighbour = _enroll(hub, "t", "edge-n")
+    nc = await nats.connect(hub.url)
+    js = nc.jetstream(timeout=10)
+    await until(lambda: stream_exists(js), "the stream", 20)
+    body = _body("edge-v", 1)
+    ack = await js.publish(twin.subject, body, headers=twin.headers(1, body))
+    assert not ack.duplicate
+    guesses = [
+        msg_id("edge-v", 2),
+        msg_id("edge-v", 2, tenant="t"),
+        msg_id("edge-v", 2, tenant="t", signature="A" * 86),
+    ]
+    for n, guess in enumerate(guesses, 1):
+        n_body = _body("edge-n", n)
+        headers = {**neighbour.headers(n, n_body), HDR_MSG_ID: guess}
+        assert not (await js.publish(neighbour.subject, n_body, headers=headers)).duplicate
+    acks = {}
+    for seq in (1, 2):
+        body = _body("edge-v", seq)
+        acks[seq] = await js.publish(victim.subject, body, headers=victim.headers(seq, body))
+    await nc.close()
+    with attack("batch", "Msg-Id collision: an edge of the same name in another tenant"):
+        assert not acks[1].duplicate
+    with attack("batch", "Msg-Id squatting by a neighbour edge"):
+        assert not acks[2].duplicate
+    await until(lambda: hub.store.stats()["batches"] == 6, "every batch stored", 20)
+    assert hub.store.stats(tenant="t")["readings"] == 5 * N
