@@ -13,15 +13,18 @@ and the app :func:`hub.api.make_app` builds from the route table :data:`hub.api.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from contract.codec import decode_batch, encode_batch
@@ -223,22 +226,98 @@ def _seed_registry(registry: Registry) -> dict[str, str]:
     return found
 
 
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[ApiWorld]:
-    store_path = tmp_path / "store.sqlite3"
-    registry_path = tmp_path / "registry.sqlite3"
+@dataclass
+class Parts:
+    """What a hub API is made of, seeded: store, registry, token authority, tokens, samples."""
+
+    store: SqliteStore
+    registry: Registry
+    auth: TokenAuthority
+    store_path: Path
+    registry_path: Path
+    tokens: dict[tuple[str, str], str]
+    samples: dict[str, str]
+
+    def close(self) -> None:
+        self.registry.close()
+        self.store.close()
+
+
+def make_parts(folder: Path) -> Parts:
+    store_path = folder / "store.sqlite3"
+    registry_path = folder / "registry.sqlite3"
     store = SqliteStore(store_path)
     _seed_store(store)
     registry = Registry(registry_path)
-    auth = TokenAuthority(tmp_path / "api-key.pem", issuer="cairn-hub", audience="cairn-api")
+    auth = TokenAuthority(folder / "api-key.pem", issuer="cairn-hub", audience="cairn-api")
     samples = dict(SAMPLES) | _seed_registry(registry)
     tokens = {(t, r): auth.issue(t, r, 3600) for t in (VICTIM, ATTACKER) for r in TENANT_ROLES}
     tokens[(PLATFORM_TENANT, PLATFORM_ADMIN)] = auth.issue(PLATFORM_TENANT, PLATFORM_ADMIN, 3600)
-    app = make_app(store, auth, registry=registry)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-        yield ApiWorld(client, auth, registry, store, store_path, registry_path, tokens, samples)
-    registry.close()
-    store.close()
+    return Parts(store, registry, auth, store_path, registry_path, tokens, samples)
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[ApiWorld]:
+    p = make_parts(tmp_path)
+    app = make_app(p.store, p.auth, registry=p.registry)
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            yield ApiWorld(
+                client,
+                p.auth,
+                p.registry,
+                p.store,
+                p.store_path,
+                p.registry_path,
+                p.tokens,
+                p.samples,
+            )
+    finally:
+        p.close()
+
+
+class LiveHub:
+    """The hub API on 127.0.0.1 in a thread of its own (for blocking clients: schemathesis)."""
+
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        self.url = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+        return self
+
+    async def _start(self) -> str:
+        p = self.parts
+        self._runner = web.AppRunner(make_app(p.store, p.auth, registry=p.registry))
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._runner is not None:
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture
+def live_hub(tmp_path: Path) -> Iterator[LiveHub]:
+    parts = make_parts(tmp_path)
+    try:
+        with LiveHub(parts) as hub:
+            yield hub
+    finally:
+        parts.close()
 
 
 # --------------------------------------------------------------------------- routes
