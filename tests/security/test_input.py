@@ -64,6 +64,19 @@ RAW_SEGMENTS: tuple[str, ...] = (
 """Path segments sent as they are (decoded once by the server: ``..``, NUL, bad UTF-8)."""
 
 
+def _victim_path(world: ApiWorld, route: object) -> dict[str, str]:
+    return {n: _quote(world.samples.get(n, "x")) for n in path_params(route)}  # type: ignore[arg-type]
+
+
+def _base_path(world: ApiWorld, route: object) -> dict[str, str]:
+    """Path values that reach the handler: the victim's ids for reads; for a route that changes
+    something, ids that do not exist (its legitimate effect on real rows is not an attack)."""
+    names = path_params(route)  # type: ignore[arg-type]
+    if route.method == "GET":  # type: ignore[attr-defined]
+        return _victim_path(world, route)
+    return dict.fromkeys(names, "no-such-thing-42")
+
+
 def _quote(value: str) -> str:
     return quote(value.encode("utf-8", "surrogatepass"), safe="")
 
@@ -85,7 +98,9 @@ async def test_oversized_bodies_are_413(world: ApiWorld, attack: AttackRecorder)
     before = world.snapshot()
     big = json.dumps({"pad": "x" * (MAX_BODY_BYTES + 1024)}).encode()
     for route in ALL_ROUTES:
-        url = fill_path(route, {n: world.samples.get(n, "x") for n in path_params(route)})
+        # A route that takes a body refuses it before acting: aim it at the victim's ids.
+        values = _victim_path(world, route) if route.body else _base_path(world, route)
+        url = fill_path(route, values)
         with attack("input", f"{route.method} {route.path}: body over 64 KiB"):
             status, text = await _status(world, route.method, url, _headers(world, route), big)
             if route.body is not None:
@@ -110,7 +125,7 @@ async def test_deep_json_is_400(world: ApiWorld, attack: AttackRecorder) -> None
     for route in ALL_ROUTES:
         if route.body is None:
             continue
-        url = fill_path(route, {n: world.samples.get(n, "x") for n in path_params(route)})
+        url = fill_path(route, _victim_path(world, route))
         for what, body in bodies.items():
             with attack("input", f"{route.method} {route.path}: {what}"):
                 status, text = await _status(world, route.method, url, _headers(world, route), body)
@@ -126,7 +141,7 @@ async def test_hostile_parameters_never_5xx_and_data_intact(
         headers = _headers(world, route)
         body = sample_body(route)
         data = None if body is None else json.dumps(body).encode()
-        base_path = {n: _quote(world.samples.get(n, "x")) for n in path_params(route)}
+        base_path = _base_path(world, route)
         base_query = {
             p["name"]: world.samples.get(p["name"], "1")
             for p in query_params(route)
