@@ -81,10 +81,10 @@ __all__ = [
     "preview_text",
 ]
 
-TRANSPORTS: Final = ("mqtt",)
-"""Transport kinds this simulator sends (the schema names others: serial, http, ws, ble)."""
-PLANNED_TRANSPORTS: Final = ("serial", "http", "ws", "ble")
-_MQTT_PAYLOADS: Final = ("json", "value")
+TRANSPORTS: Final = ("mqtt", "serial", "http", "ws", "ble")
+"""Transport kinds this simulator sends (all but MQTT JSON/value in ``simulator.transports``)."""
+PLANNED_TRANSPORTS: Final[tuple[str, ...]] = ()
+_MQTT_PAYLOADS: Final = ("json", "value", "senml")
 _DEFAULT_START: Final = "2026-01-01T00:00:00Z"
 _MAX_DEVICES: Final = 1_000_000
 _MAX_RATE_HZ: Final = 10_000.0
@@ -123,6 +123,8 @@ class Transport:
         template = self.topic or (
             "devices/{device}" if self.payload == "json" else "sensors/{device}/{sensor}"
         )
+        if self.payload == "senml" and not self.topic:
+            template = "senml/{device}"
         return template.format(device=device, sensor=sensor)
 
 
@@ -446,7 +448,12 @@ def _device_type(where: str, raw: object, seed: int, start_us: int) -> DeviceTyp
         streams.append(_stream(f"{where}.sensors[{j}]", rs, {s.key: s for s in streams}))
     if not any(s.emit for s in streams):
         raise ConfigError(f"{where}.sensors", "no sensor is emitted (every one has emit = false)")
-    return DeviceType(name, count, rate, prefix, tuple(streams), transport, clock, seed, start_us)
+    dtype = DeviceType(name, count, rate, prefix, tuple(streams), transport, clock, seed, start_us)
+    if transport.kind != "mqtt":
+        from simulator.transports import check_transport  # noqa: PLC0415 - it imports this
+
+        check_transport(f"{where}.transport", transport.options or {}, dtype)
+    return dtype
 
 
 def _transport(where: str, raw: object) -> Transport:
@@ -459,6 +466,8 @@ def _transport(where: str, raw: object) -> Transport:
         )
     if kind not in TRANSPORTS:
         raise ConfigError(f"{where}.kind", f"must be one of {', '.join(TRANSPORTS)}, not {kind!r}")
+    if kind != "mqtt":  # checked with its device type (simulator.transports.check_transport)
+        return Transport(kind, str(raw.get("format", "")), "", 1, dict(raw))
     _known(raw, where, {"kind", "payload", "topic", "qos"})
     payload = raw.get("payload", "json")
     if payload not in _MQTT_PAYLOADS:
@@ -468,7 +477,7 @@ def _transport(where: str, raw: object) -> Transport:
     topic = raw.get("topic", "")
     if not isinstance(topic, str) or set(topic) & set("+#"):
         raise ConfigError(f"{where}.topic", f"must be a topic template without + or #: {topic!r}")
-    needed = ["{device}"] + (["{sensor}"] if payload == "value" else [])
+    needed = ["{device}"] + (["{sensor}"] if payload == "value" else [])  # json, senml: device
     if topic and not all(n in topic for n in needed):
         raise ConfigError(
             f"{where}.topic", f"a {payload} topic must contain {' and '.join(needed)}"

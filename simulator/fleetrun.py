@@ -14,7 +14,6 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from contract.errors import ConfigError
 from contract.model import Value
 from simulator.fleetfile import Block, DeviceType, FleetFile
 from simulator.send import Ledger, Pacer, publish_parts
@@ -135,8 +134,19 @@ async def send_device_type(
     progress: Callable[[int, int], None] | None = None,
 ) -> Ledger:
     """Send one device type's instants (``None``: endless) over MQTT; returns the ledger."""
-    if dtype.transport.kind != "mqtt":
-        raise ConfigError("transport.kind", f"{dtype.transport.kind!r} cannot be sent yet")
+    if dtype.transport.kind != "mqtt" or dtype.transport.payload == "senml":
+        from simulator import transports  # noqa: PLC0415 - the other kinds' senders
+
+        return await transports.send_device_type(
+            dtype,
+            url,
+            instants=instants,
+            paced=paced,
+            speed=speed,
+            ledger=ledger,
+            client_id=client_id,
+            progress=progress,
+        )
     ledger = ledger if ledger is not None else Ledger()
     first = instants.start if instants is not None else 0
     if instants is not None and len(instants) == 0:

@@ -222,7 +222,7 @@ def test_truth_lists_outliers_and_matches_the_emitted_readings() -> None:
         ('[[device_types]]\nname = "a"', "device_types[0].sensors"),
         ('[[device_types]]\nname = "a"\ncolour = "red"', "device_types[0].colour"),
         (
-            '[[device_types]]\nname = "a"\ntransport = { kind = "serial" }',
+            '[[device_types]]\nname = "a"\ntransport = { kind = "pigeon" }',
             "device_types[0].transport.kind",
         ),
         (
@@ -230,7 +230,7 @@ def test_truth_lists_outliers_and_matches_the_emitted_readings() -> None:
             "device_types[0].transport.kind",
         ),
         (
-            '[[device_types]]\nname = "a"\ntransport = { payload = "senml" }',
+            '[[device_types]]\nname = "a"\ntransport = { payload = "cbor" }',
             "device_types[0].transport.payload",
         ),
         ('[[device_types]]\nname = "a"\ntransport = { qos = 2 }', "device_types[0].transport.qos"),

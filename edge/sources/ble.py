@@ -58,6 +58,7 @@ from edge.sources.ble_decoders import (
     BleDecoder,
     Decoder,
 )
+from edge.sources.ble_sim import SimulatedAdvertisementScanner
 from edge.sources.waiting import wait_set
 from edge.stats import EdgeStats, SourceStats
 
@@ -260,6 +261,8 @@ class BleSource:
         self._stats = stats
         self.status = BleStats()
         stats.sources[settings.name] = self.status
+        if settings.simulated_socket and scanner_factory is BleakAdvertisementScanner:
+            scanner_factory = SimulatedAdvertisementScanner
         self._factory = scanner_factory
         self._decoder: Decoder = DECODERS[settings.decoder]
         self._names = settings.device_names
@@ -344,6 +347,8 @@ class BleSource:
             failures = 0
             backoff.reset()
             adapter = s.adapter or "default adapter"
+            if s.simulated_socket:
+                adapter = f"simulated socket {s.simulated_socket}"
             self.status.adapter = f"scanning ({mode.value}) on {adapter}"
             self.status.scanning_mode = mode.value
             self.status.connected = True
