@@ -30,8 +30,9 @@ other stream. :meth:`DeviceType.block` evaluates every device over a block of in
 
 Transports: ``mqtt`` (``payload = "json"``: one object per device and instant on
 ``devices/{device}``; ``"value"``: ``{"ts", "value"}`` per reading on
-``sensors/{device}/{sensor}``; ``topic`` overrides the template, ``qos`` 0 or 1). The
-``transport`` table's ``kind`` leaves room for others (serial, http, ws, ble).
+``sensors/{device}/{sensor}``; ``"senml"``: a SenML pack on ``senml/{device}``; ``topic``
+overrides the template, ``qos`` 0 or 1), ``serial``, ``http``, ``ws`` and ``ble``: see
+``simulator.transports``, which checks their tables against the device type.
 """
 
 from __future__ import annotations
@@ -689,10 +690,17 @@ def preview_text(fleet: FleetFile, n: int) -> str:
             else ""
         )
         tr = t.transport
+        where = tr.topic or tr.topic_for("{device}", "{sensor}")
+        if tr.kind != "mqtt":  # the other kinds: their format and where they send
+            o = tr.options or {}
+            fmt = o.get("format", "")
+            where = str(o.get("port") or o.get("url") or o.get("socket") or "")
+            where = f"{fmt} to {where}" if fmt else f"to {where}"
+        else:
+            where = f"{tr.payload} on {where}"
         out.append(
             f"\n{t.name}: {t.count} x {t.device_id(0)}... at {t.rate_hz:g} Hz, "
-            f"{tr.kind} {tr.payload} on {tr.topic or tr.topic_for('{device}', '{sensor}')}"
-            f"{clock}\n"
+            f"{tr.kind} {where}{clock}\n"
         )
         rows = [("sensor", "source", "filters"), *((s.key, *_describe(s)) for s in t.streams)]
         w0 = max(len(r[0]) for r in rows)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -95,6 +96,11 @@ _IN_FLIGHT: Final = 64
 """HTTP requests / WebSocket messages awaiting their answer, per device type."""
 _TOKEN_TTL_S: Final = 86_400
 _RETRY_S: Final = 1.0
+_OPEN_TIMEOUT_S: Final = 30.0
+"""How long a serial sender waits for the edge to open its pseudo-terminal."""
+_SETTLE_S: Final = 0.1
+_UNOPENED: Final = termios.B50
+"""Line speed of a fresh pseudo-terminal: a reader that opens it sets its own."""
 
 
 class TransportError(CairnError):
@@ -450,15 +456,29 @@ class SerialSender:
         else:
             master, slave = pty.openpty()
             tty.setraw(slave)  # no echo, no line editing: the bytes as written
+            attrs = termios.tcgetattr(slave)
+            attrs[4] = attrs[5] = _UNOPENED  # the reader sets its own speed when it opens
+            termios.tcsetattr(slave, termios.TCSANOW, attrs)
             os.set_blocking(master, False)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
             path.symlink_to(os.ttyname(slave))
             port = _Port(master, slave, path)
         self._ports[device] = port
-        if self._preamble:
-            self._write_now(port, self._preamble)
         return port
+
+    async def _reader_ready(self, port: _Port) -> None:
+        """Wait until a reader opened the pty and flushed its input (as pyserial does when it
+        opens a port: what was written before would be lost, as from a real device)."""
+        deadline = time.monotonic() + _OPEN_TIMEOUT_S
+        while termios.tcgetattr(port.slave)[4] == _UNOPENED:
+            if time.monotonic() > deadline:
+                raise TransportError(f"nobody opened {port.link} in {_OPEN_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.01)
+        # the reader configured the port; its flush comes next: a newline (a blank line, which
+        # readers skip) read or flushed tells that the flush is behind us
+        self._write_now(port, b"\n")
+        await _drained(port, deadline)
 
     def _write_now(self, port: _Port, data: bytes) -> bytes:
         view = memoryview(data)
@@ -470,8 +490,17 @@ class SerialSender:
         return b""
 
     async def send(self, part: WirePart, msg: int, wire: Wire, ack: Ack) -> None:
-        port = self._ports.get(wire.dest) or self._open(wire.dest)
-        rest = self._write_now(port, wire.payload)
+        port = self._ports.get(wire.dest)
+        if port is None:
+            port = self._open(wire.dest)
+            if port.link is not None:
+                await self._reader_ready(port)
+            await self._write(port, self._preamble)
+        await self._write(port, wire.payload)
+        ack(part, msg)
+
+    async def _write(self, port: _Port, data: bytes) -> None:
+        rest = self._write_now(port, data)
         while rest:  # the reader is behind: wait until the port takes more
             loop = asyncio.get_running_loop()
             ready: asyncio.Future[None] = loop.create_future()
@@ -486,15 +515,13 @@ class SerialSender:
             finally:
                 loop.remove_writer(port.fd)
             rest = self._write_now(port, rest)
-        ack(part, msg)
 
     async def close(self) -> None:
         # keep the ptys until the reader has everything: the kernel holds what is written
         for port in self._ports.values():
             if port.link is not None:
-                deadline = time.monotonic() + 10.0
-                while _unread(port.fd) and time.monotonic() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)  # the kernel's queue: nothing to wait on
+                with contextlib.suppress(TransportError):
+                    await _drained(port, time.monotonic() + _OPEN_TIMEOUT_S)
         for port in self._ports.values():
             if port.link is not None:
                 port.link.unlink(missing_ok=True)
@@ -503,13 +530,27 @@ class SerialSender:
         self._ports.clear()
 
 
-def _unread(master: int) -> int:
-    """Bytes written to a pty's master side not yet read from its slave side."""
-    import fcntl  # noqa: PLC0415
+async def _drained(port: _Port, deadline: float) -> None:
+    """Wait until the reader took everything written to a pty: its slave side's input queue
+    empty for ``_SETTLE_S`` in a row (the kernel moves written bytes into that queue in a
+    worker of its own, so one empty look is not enough)."""
+    quiet_since = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if _unread(port.slave):
+            quiet_since = now
+        elif now - quiet_since >= _SETTLE_S:
+            return
+        if now > deadline:
+            raise TransportError(f"nobody reads {port.link}")
+        await asyncio.sleep(0.005)
 
+
+def _unread(slave: int) -> int:
+    """Bytes written to a pty's master side not yet read from its slave side."""
     buf = bytearray(4)
     try:
-        fcntl.ioctl(master, termios.TIOCOUTQ, buf)
+        fcntl.ioctl(slave, termios.FIONREAD, buf)
     except OSError:
         return 0
     return int.from_bytes(buf, "little")

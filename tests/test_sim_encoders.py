@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Hashable
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ from edge.sources.lines import CsvParser, IgnoredLine, JsonLineParser, NmeaParse
 from edge.sources.payloads import parse_json_payload, parse_value_payload
 from edge.sources.senml import parse_senml_payload
 from simulator.encoders import BTHOME, Encoder, Wire
-from simulator.fleetfile import DeviceType, parse_fleet
+from simulator.fleetfile import DeviceType, load_fleet_file, parse_fleet
 from simulator.transports import WirePart, encoder_for
 
 START = "2026-03-01T10:00:00Z"
@@ -285,3 +286,21 @@ def test_value_payloads_round_trip() -> None:
         "ts": NOW,
         "value": 1.5,
     }
+
+
+TRANSPORT_EXAMPLES = sorted(
+    (Path(__file__).resolve().parent.parent / "examples" / "fleets" / "transports").glob("*.toml")
+)
+
+
+def test_every_transport_example_loads_and_is_in_the_docs() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "simulator.md").read_text()
+    kinds = set()
+    for path in TRANSPORT_EXAMPLES:
+        fleet = load_fleet_file(path)
+        (t,) = fleet.device_types
+        kinds.add(t.transport.kind)
+        assert f"```toml\n{path.read_text()}```" in page, f"{path.name} differs in the docs"
+        for _msg, wire, _due in WirePart(t, encoder_for(t), 0, 3).wires():
+            assert wire.items
+    assert kinds == {"mqtt", "serial", "http", "ws", "ble"}
