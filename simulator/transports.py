@@ -46,6 +46,7 @@ import stat
 import termios
 import time
 import tty
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ from simulator.encoders import (
     NmeaEncoder,
     RuuviEncoder,
     SenmlEncoder,
+    ValueEncoder,
     Wire,
     ble_address,
     check_fields,
@@ -88,17 +90,20 @@ __all__ = [
     "WsSender",
     "check_transport",
     "edge_ble_devices",
+    "edge_sources_toml",
     "encoder_for",
     "send_device_type",
 ]
 
-_IN_FLIGHT: Final = 64
+_IN_FLIGHT: Final = 512
 """HTTP requests / WebSocket messages awaiting their answer, per device type."""
 _TOKEN_TTL_S: Final = 86_400
 _RETRY_S: Final = 1.0
 _OPEN_TIMEOUT_S: Final = 30.0
 """How long a serial sender waits for the edge to open its pseudo-terminal."""
 _SETTLE_S: Final = 0.1
+_PORT_QUEUE_BYTES: Final = 256 * 1024
+"""Bytes queued per serial port before the sender waits for that port."""
 _UNOPENED: Final = termios.B50
 """Line speed of a fresh pseudo-terminal: a reader that opens it sets its own."""
 
@@ -267,7 +272,9 @@ def encoder_for(dtype: DeviceType) -> Encoder:  # noqa: PLR0911 - one per format
     if kind == "mqtt":
         if t.payload == "senml":
             return SenmlEncoder("senml", topic=t.topic or "senml/{device}")
-        raise ConfigError("transport.payload", f"{t.payload!r} is sent by simulator.fleetrun")
+        if t.payload == "value":  # sent by simulator.fleetrun; the same bytes, for comparing
+            return ValueEncoder("value", topic=t.topic_for("{device}", "{sensor}"))
+        return JsonEncoder("json", topic=t.topic_for("{device}"))
     if kind == "serial":
         if fmt == "csv":
             return CsvEncoder("csv", columns=_csv_columns(dtype))
@@ -297,6 +304,55 @@ def _csv_columns(dtype: DeviceType) -> tuple[str, ...]:
 def edge_ble_devices(dtype: DeviceType) -> dict[str, str]:
     """The ``[[ble]] devices`` table naming a BLE device type's devices as the fleet does."""
     return {ble_address(dtype.name, i): d for i, d in enumerate(dtype.device_ids)}
+
+
+def edge_sources_toml(
+    dtype: DeviceType,
+    *,
+    mqtt_url: str = "",
+    http_key: tuple[str, str] | None = None,
+    name: str = "",
+) -> str:
+    """The edge's source tables (TOML) that receive a device type's transport: for demos,
+    tests and benchmarks. ``mqtt_url``: the broker (``mqtt`` kinds); ``http_key``: ``(kid, PEM
+    file)`` of the device tokens' public key (``http``/``ws``); ``name`` prefixes the source
+    names (default the type's name). Limits that would refuse a fast fleet are opened up
+    (``rate_readings_per_s = 0``, a large BLE queue)."""
+    t = dtype.transport
+    o = _options(t)
+    src = name or dtype.name
+    if t.kind == "mqtt":
+        topic = t.topic or t.topic_for("{device}", "{sensor}")
+        return (
+            f'[[mqtt]]\nname = "{src}"\nurl = "{mqtt_url}"\nclient_id = "cairn-edge-{src}"\n'
+            f'topics = [{{ pattern = "{topic}", format = "{t.payload}" }}]\n'
+        )
+    if t.kind == "serial":
+        fmt = str(o.get("format", "jsonl"))
+        parser = "json" if fmt == "jsonl" else fmt
+        extra = f'sensor_prefix = "{o.get("prefix", "gps")}"\n' if fmt == "nmea" else ""
+        return "".join(
+            f'[[serial]]\nname = "{src}-{i}"\nport = "{str(o["port"]).format(device=d)}"\n'
+            f'device = "{d}"\nparser = "{parser}"\nbaud = {o.get("baud", 115_200)}\n'
+            f"reconnect_initial_s = 0.02\nreconnect_max_s = 0.2\n{extra}"
+            for i, d in enumerate(dtype.device_ids)
+        )
+    if t.kind in {"http", "ws"}:
+        if http_key is None:
+            raise ConfigError("http_key", "an http/ws source needs the tokens' (kid, PEM file)")
+        netloc = urlsplit(str(o["url"])).netloc
+        issuer = o.get("issuer", "cairn-hub")
+        return (
+            f'[[http]]\nname = "{src}"\nlisten = "{netloc}"\nissuer = "{issuer}"\n'
+            "rate_readings_per_s = 0\nrate_burst = 10000000\n"
+            f'keys = [{{ kid = "{http_key[0]}", file = "{http_key[1]}" }}]\n'
+        )
+    devices = ", ".join(f'"{a}" = "{d}"' for a, d in edge_ble_devices(dtype).items())
+    return (
+        f'[[ble]]\nname = "{src}"\ndecoder = "{o.get("format", "bthome")}"\n'
+        f'simulated_socket = "{o["socket"]}"\nqueue_size = 1000000\n'
+        f"max_devices = {max(1_000, dtype.count)}\ndevices = {{ {devices} }}\n"
+    )
 
 
 # --- the ledger's parts --------------------------------------------------------------------
@@ -423,20 +479,41 @@ class _Port:
     fd: int
     slave: int = -1
     link: Path | None = None
+    pending: bytearray = field(default_factory=bytearray)
+    """Bytes queued for this port (each device writes on its own: one slow reader does not
+    hold up the other ports)."""
+    queued: int = 0
+    """Bytes ever queued; ``written`` of them are in the kernel."""
+    written: int = 0
+    acks: deque[tuple[int, WirePart, int, Ack]] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
 
 
 class SerialSender:
     """Lines to one serial port per device: a pseudo-terminal the simulator owns (its slave
     linked at the port path) or an existing port."""
 
-    def __init__(self, port: str, baud: int, preamble: bytes) -> None:
+    def __init__(self, port: str, baud: int, preamble: bytes, devices: Sequence[str] = ()) -> None:
         self._template = port
         self._baud = baud
         self._preamble = preamble
+        self._devices = tuple(devices)
         self._ports: dict[str, _Port] = {}
 
     async def open(self) -> None:
-        return None
+        """Make every device's port and wait, for all at once, until the edge opened them."""
+        await asyncio.gather(*(self._start(d) for d in self._devices))
+
+    async def _start(self, device: str) -> _Port:
+        port = self._open(device)
+        if port.link is not None:
+            await self._reader_ready(port)
+        port.task = asyncio.create_task(self._writer(port), name=f"serial-{device}")
+        self._queue(port, self._preamble, None)
+        return port
 
     def _open(self, device: str) -> _Port:
         path = Path(self._template.format(device=device))
@@ -490,44 +567,80 @@ class SerialSender:
         return b""
 
     async def send(self, part: WirePart, msg: int, wire: Wire, ack: Ack) -> None:
-        port = self._ports.get(wire.dest)
-        if port is None:
-            port = self._open(wire.dest)
-            if port.link is not None:
-                await self._reader_ready(port)
-            await self._write(port, self._preamble)
-        await self._write(port, wire.payload)
-        ack(part, msg)
+        port = self._ports.get(wire.dest) or await self._start(wire.dest)
+        self._queue(port, wire.payload, (part, msg, ack))
+        if len(port.pending) > _PORT_QUEUE_BYTES:
+            port.room.clear()
+            await self._wait(port, port.room)
 
-    async def _write(self, port: _Port, data: bytes) -> None:
-        rest = self._write_now(port, data)
-        while rest:  # the reader is behind: wait until the port takes more
-            loop = asyncio.get_running_loop()
-            ready: asyncio.Future[None] = loop.create_future()
+    def _queue(self, port: _Port, data: bytes, ack: tuple[WirePart, int, Ack] | None) -> None:
+        port.pending += data
+        port.queued += len(data)
+        if ack is not None:
+            port.acks.append((port.queued, *ack))
+        port.idle.clear()
+        port.wake.set()
 
-            def wake(f: asyncio.Future[None] = ready) -> None:
-                if not f.done():
-                    f.set_result(None)
+    async def _wait(self, port: _Port, event: asyncio.Event) -> None:
+        waiter = asyncio.create_task(event.wait())
+        assert port.task is not None
+        done, _ = await asyncio.wait({waiter, port.task}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            port.task.result()  # the writer failed: raise its error here
 
-            loop.add_writer(port.fd, wake)
-            try:
-                await ready
-            finally:
-                loop.remove_writer(port.fd)
-            rest = self._write_now(port, rest)
+    async def _writer(self, port: _Port) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await port.wake.wait()
+            if not port.pending:
+                port.wake.clear()
+                port.idle.set()
+                continue
+            rest = self._write_now(port, bytes(port.pending))
+            n = len(port.pending) - len(rest)
+            del port.pending[:n]
+            port.written += n
+            while port.acks and port.acks[0][0] <= port.written:
+                _end, part, msg, ack = port.acks.popleft()
+                ack(part, msg)
+            if len(port.pending) <= _PORT_QUEUE_BYTES:
+                port.room.set()
+            if rest:  # the reader is behind: wait until the port takes more
+                ready: asyncio.Future[None] = loop.create_future()
+
+                def wake(f: asyncio.Future[None] = ready) -> None:
+                    if not f.done():
+                        f.set_result(None)
+
+                loop.add_writer(port.fd, wake)
+                try:
+                    await ready
+                finally:
+                    loop.remove_writer(port.fd)
 
     async def close(self) -> None:
-        # keep the ptys until the reader has everything: the kernel holds what is written
-        for port in self._ports.values():
-            if port.link is not None:
-                with contextlib.suppress(TransportError):
-                    await _drained(port, time.monotonic() + _OPEN_TIMEOUT_S)
-        for port in self._ports.values():
-            if port.link is not None:
-                port.link.unlink(missing_ok=True)
-                os.close(port.slave)
-            os.close(port.fd)
-        self._ports.clear()
+        try:
+            for port in self._ports.values():  # everything queued into the kernel
+                if port.task is not None and port.pending:
+                    await self._wait(port, port.idle)
+            # keep the ptys until the reader has everything: the kernel holds what is written
+            deadline = time.monotonic() + _OPEN_TIMEOUT_S
+            await asyncio.gather(
+                *(_drained(p, deadline) for p in self._ports.values() if p.link is not None),
+                return_exceptions=True,
+            )
+        finally:
+            for port in self._ports.values():
+                if port.task is not None:
+                    port.task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await port.task
+                if port.link is not None:
+                    port.link.unlink(missing_ok=True)
+                    os.close(port.slave)
+                os.close(port.fd)
+            self._ports.clear()
 
 
 async def _drained(port: _Port, deadline: float) -> None:
@@ -784,7 +897,9 @@ def sender_for(dtype: DeviceType, encoder: Encoder, url: str, client_id: str) ->
     if t.kind == "mqtt":
         return MqttSender(url, client_id, t.qos)
     if t.kind == "serial":
-        return SerialSender(str(o["port"]), int(o.get("baud", 115_200)), encoder.preamble(()))
+        return SerialSender(
+            str(o["port"]), int(o.get("baud", 115_200)), encoder.preamble(()), dtype.device_ids
+        )
     if t.kind == "http":
         return HttpSender(str(o["url"]), _Tokens(o))
     if t.kind == "ws":

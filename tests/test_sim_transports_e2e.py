@@ -27,7 +27,7 @@ from simulator.fleetfile import DeviceType, FleetFile, parse_fleet
 from simulator.fleetrun import send_fleet_file
 from simulator.send import Ledger
 from simulator.servers import Mosquitto, free_port
-from simulator.transports import edge_ble_devices, encoder_for
+from simulator.transports import edge_sources_toml, encoder_for
 from tests.polling import until
 from tests.test_edge_support import EdgeProcess, stored, write_config
 
@@ -87,35 +87,33 @@ async def _deliver(tmp_path: Path, fleet: FleetFile, extra: str, mqtt_url: str =
     return ledger
 
 
-async def test_mqtt_senml(tmp_path: Path, mosquitto: Mosquitto) -> None:
+@pytest.mark.parametrize("payload", ["json", "value", "senml"])
+async def test_mqtt(tmp_path: Path, mosquitto: Mosquitto, payload: str) -> None:
     fleet = _fleet(
-        """
+        f"""
 [[device_types]]
 name = "boiler"
 count = 3
 interval_s = 2
-transport = { kind = "mqtt", payload = "senml" }
-clock = { drift_ppm = 50, jitter_ms = 30 }
+transport = {{ kind = "mqtt", payload = "{payload}" }}
+clock = {{ drift_ppm = 50, jitter_ms = 30 }}
 sensors = [
-  { key = "temp", generator = "temperature", filters = [{ kind = "dropout", probability = 0.1 }] },
-  { key = "relay", generator = "switch" },
-  { key = "gps", generator = "gps", center = [48.85, 2.35] },
+  {{ key = "temp", generator = "temperature", filters = [{{ kind = "dropout", probability = 0.1 }}] }},
+  {{ key = "relay", generator = "switch" }},
+  {{ key = "gps", generator = "gps", center = [48.85, 2.35] }},
 ]
 """
     )
-    extra = (
-        f'[[mqtt]]\nname = "senml"\nurl = "{mosquitto.url}"\n'
-        'topics = [{ pattern = "senml/{device}", format = "senml" }]\n'
+    (t,) = fleet.device_types
+    ledger = await _deliver(
+        tmp_path, fleet, edge_sources_toml(t, mqtt_url=mosquitto.url), mosquitto.url
     )
-    ledger = await _deliver(tmp_path, fleet, extra, mosquitto.url)
-    assert {r.sensor for r in ledger.readings} == {
-        "temp",
-        "relay",
-        "gps/lat",
-        "gps/lon",
-        "gps/speed",
-        "gps/heading",
-    }
+    flat = {"temp", "relay", "gps/lat", "gps/lon", "gps/speed", "gps/heading"}
+    assert {r.sensor for r in ledger.readings} == (
+        flat if payload == "senml" else {"temp", "relay", "gps"}
+    )
+    if payload != "senml":
+        assert ledger.keys() == {reading_key(r.reading) for r in fleet.truth(SECONDS)}
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "nmea"])
@@ -137,13 +135,7 @@ transport = {{ kind = "serial", format = "{fmt}", port = "{short_dir}/{{device}}
 sensors = {sensors}
 """
     )
-    parser = {"jsonl": "json", "csv": "csv", "nmea": "nmea"}[fmt]
-    extra = "".join(
-        f'[[serial]]\nname = "s{i}"\nport = "{short_dir}/{d}"\ndevice = "{d}"\nparser = "{parser}"\n'
-        "baud = 115200\nreconnect_initial_s = 0.02\nreconnect_max_s = 0.1\n"
-        for i, d in enumerate(fleet.device_types[0].device_ids)
-    )
-    ledger = await _deliver(tmp_path, fleet, extra)
+    ledger = await _deliver(tmp_path, fleet, edge_sources_toml(fleet.device_types[0]))
     if fmt == "jsonl":  # an exact format: the ledger is the ground truth itself
         assert ledger.keys() == {reading_key(r.reading) for r in fleet.truth(SECONDS)}
     if fmt == "nmea":
@@ -173,10 +165,7 @@ sensors = [
 ]
 """
     )
-    extra = (
-        f'[[http]]\nname = "http"\nlisten = "127.0.0.1:{port}"\nissuer = "cairn-hub"\n'
-        f'rate_readings_per_s = 0\nkeys = [{{ kid = "{auth.kid}", file = "{pem}" }}]\n'
-    )
+    extra = edge_sources_toml(fleet.device_types[0], http_key=(auth.kid, str(pem)))
     ledger = await _deliver(tmp_path, fleet, extra)
     assert ledger.keys() == {reading_key(r.reading) for r in fleet.truth(SECONDS)}
 
@@ -209,13 +198,6 @@ sensors = [
 ]
 """
     )
-    devices = ", ".join(
-        f'"{a}" = "{d}"' for a, d in edge_ble_devices(fleet.device_types[0]).items()
-    )
-    extra = (
-        f'[[ble]]\nname = "ble"\ndecoder = "{fmt}"\nsimulated_socket = "{sock}"\n'
-        f"queue_size = 100000\ndevices = {{ {devices} }}\n"
-    )
-    ledger = await _deliver(tmp_path, fleet, extra)
+    ledger = await _deliver(tmp_path, fleet, edge_sources_toml(fleet.device_types[0]))
     if fmt == "ruuvi":
         assert "measurement_sequence" in {r.sensor for r in ledger.readings}
