@@ -17,8 +17,8 @@ A datagram is one JSON object (UTF-8)::
 service UUID (lower case) or a company id (decimal) to the bytes as hex. The arrival time is the
 edge clock, strictly increasing per socket (two datagrams read in the same microsecond are one
 microsecond apart), as a radio would stamp them in order. A datagram that is not such an object
-is counted (:attr:`SimulatedAdvertisementScanner.bad_datagrams`) and logged, at most once a
-minute, and the next one is read as usual.
+is counted and logged by the source (``rejected["bad-datagram"]`` in its status, the log
+rate-limited) and the next one is read as usual.
 """
 
 from __future__ import annotations
@@ -106,9 +106,12 @@ class SimulatedAdvertisementScanner:
         settings: BleSettings,
         mode: ScanningMode,
         callback: Callable[[Advertisement], None],
+        *,
+        on_bad: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.path = Path(settings.simulated_socket)
         self._callback = callback
+        self._on_bad = on_bad
         self._sock: socket.socket | None = None
         self._last_ts = 0
         self._last_log = -_LOG_INTERVAL_S
@@ -158,6 +161,9 @@ class SimulatedAdvertisementScanner:
                 adv = parse_datagram(data, ts)
             except BadDatagramError as exc:
                 self.bad_datagrams += 1
+                if self._on_bad is not None:  # the source counts and logs it
+                    self._on_bad(str(exc), data)
+                    continue
                 now = time.monotonic()
                 if now - self._last_log >= _LOG_INTERVAL_S:
                     self._last_log = now
