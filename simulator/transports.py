@@ -744,17 +744,20 @@ class HttpSender:
             "Content-Type": "application/json",
         }
         while True:
-            async with self._session.post(self._url, data=wire.payload, headers=headers) as r:
-                body = await r.read()
-                if r.status == 202:
-                    ack(part, msg)
-                    return
-                if r.status in {429, 503}:
-                    await asyncio.sleep(_retry_after(r.headers))
-                    continue
+            try:
+                async with self._session.post(self._url, data=wire.payload, headers=headers) as r:
+                    body = await r.read()
+                    status, retry = r.status, _retry_after(r.headers)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise TransportError(f"cannot post to the edge at {self._url}: {exc}") from None
+            if status == 202:
+                ack(part, msg)
+                return
+            if status not in {429, 503}:
                 raise TransportError(
-                    f"the edge refused a request of {wire.dest}: {r.status} {body[:200]!r}"
+                    f"the edge refused a request of {wire.dest}: {status} {body[:200]!r}"
                 )
+            await asyncio.sleep(retry)
 
     async def close(self) -> None:
         try:
@@ -791,9 +794,16 @@ class WsSender:
         if ws is None:
             assert self._session is not None
             token = self._tokens.for_device(device)
-            ws = await self._session.ws_connect(
-                self._url, headers={"Authorization": f"Bearer {token}"}
-            )
+            try:
+                ws = await self._session.ws_connect(
+                    self._url, headers={"Authorization": f"Bearer {token}"}
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                raise TransportError(
+                    f"the edge refused {device}'s WebSocket: {exc.status} {exc.message}"
+                ) from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise TransportError(f"cannot reach the edge at {self._url}: {exc}") from None
             self._sockets[device] = ws
             self._readers.append(asyncio.create_task(self._read(device, ws)))
         return ws

@@ -22,6 +22,7 @@ import pytest
 
 from contract.model import now_us
 from hub.auth import TokenAuthority
+from simulator.cli import main
 from simulator.fleet import reading_key
 from simulator.fleetfile import DeviceType, FleetFile, parse_fleet
 from simulator.fleetrun import send_fleet_file
@@ -201,3 +202,21 @@ sensors = [
     ledger = await _deliver(tmp_path, fleet, edge_sources_toml(fleet.device_types[0]))
     if fmt == "ruuvi":
         assert "measurement_sequence" in {r.sensor for r in ledger.readings}
+
+
+@pytest.mark.parametrize("kind", ["http", "ws"])
+def test_an_unreachable_edge_is_one_line_on_the_command_line(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()  # nobody listens there
+    path = tmp_path / "fleet.toml"
+    path.write_text(
+        '[[device_types]]\nname = "p"\n'
+        f'transport = {{ kind = "{kind}", url = "http://127.0.0.1:{port}", token = "x" }}\n'
+        '[[device_types.sensors]]\nkey = "t"\ngenerator = "temperature"\n'
+    )
+    assert main(["run", str(path), "--count", "2", "--fast"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cairn-sim: cannot ")
+    assert f"127.0.0.1:{port}" in err
+    assert "Traceback" not in err
