@@ -52,6 +52,14 @@ TRANSPORTS = {
     "serial-nmea": ('{ kind = "serial", format = "nmea", port = "%(dir)s/{device}" }', GPS),
     "http": ('{ kind = "http", url = "%(url)s", token_key = "%(key)s", tenant = "acme" }', SENSORS),
     "ws": ('{ kind = "ws", url = "%(url)s", token_key = "%(key)s", tenant = "acme" }', SENSORS),
+    "http-batch10": (
+        '{ kind = "http", url = "%(url)s", token_key = "%(key)s", tenant = "acme", batch = 10 }',
+        SENSORS,
+    ),
+    "ws-batch10": (
+        '{ kind = "ws", url = "%(url)s", token_key = "%(key)s", tenant = "acme", batch = 10 }',
+        SENSORS,
+    ),
     "ble-bthome": ('{ kind = "ble", format = "bthome", socket = "%(dir)s/ble.sock" }', SENSORS),
     "ble-ruuvi": ('{ kind = "ble", format = "ruuvi", socket = "%(dir)s/ble.sock" }', SENSORS),
 }

@@ -145,8 +145,8 @@ sensors = {sensors}
         }
 
 
-@pytest.mark.parametrize("kind", ["http", "ws"])
-async def test_http_and_websocket_with_device_tokens(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "batch"), [("http", 1), ("http", 7), ("ws", 1), ("ws", 7)])
+async def test_http_and_websocket_with_device_tokens(tmp_path: Path, kind: str, batch: int) -> None:
     key = tmp_path / "hub" / "hub.key"
     key.parent.mkdir()
     auth = TokenAuthority(key, issuer="cairn-hub", audience="cairn-api")
@@ -159,7 +159,7 @@ async def test_http_and_websocket_with_device_tokens(tmp_path: Path, kind: str) 
 name = "pump"
 count = 3
 interval_s = 1
-transport = {{ kind = "{kind}", url = "http://127.0.0.1:{port}", token_key = "{key}", tenant = "{TENANT}" }}
+transport = {{ kind = "{kind}", url = "http://127.0.0.1:{port}", token_key = "{key}", tenant = "{TENANT}", batch = {batch} }}
 sensors = [
   {{ key = "flow", generator = "co2" }},
   {{ key = "gps", generator = "gps", center = [1.0, 2.0] }},
@@ -169,6 +169,7 @@ sensors = [
     extra = edge_sources_toml(fleet.device_types[0], http_key=(auth.kid, str(pem)))
     ledger = await _deliver(tmp_path, fleet, extra)
     assert ledger.keys() == {reading_key(r.reading) for r in fleet.truth(SECONDS)}
+    assert ledger.messages == 3 * -(-int(SECONDS) // batch)  # a message per device per batch
 
 
 @pytest.mark.parametrize("fmt", ["bthome", "ruuvi"])
