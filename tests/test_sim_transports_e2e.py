@@ -12,8 +12,12 @@ the arrival (BLE) -- as multisets: nothing missing, nothing twice.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import pty
 import shutil
 import tempfile
+import termios
 from collections import Counter
 from collections.abc import Hashable, Iterator
 from pathlib import Path
@@ -21,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from contract.model import now_us
+from edge.sources.lines import JsonLineParser
 from hub.auth import TokenAuthority
 from simulator.cli import main
 from simulator.fleet import reading_key
@@ -221,3 +226,31 @@ def test_an_unreachable_edge_is_one_line_on_the_command_line(
     assert err.startswith("cairn-sim: cannot ")
     assert f"127.0.0.1:{port}" in err
     assert "Traceback" not in err
+
+
+async def test_serial_to_an_existing_port_path(tmp_path: Path) -> None:
+    """A port path that exists (not a link) is opened as a real port: here a pty's slave,
+    whose master side the test reads, as the far end of a cable would."""
+    master, slave = pty.openpty()
+    try:
+        fleet = _fleet(
+            f"""
+[[device_types]]
+name = "rs"
+interval_s = 1
+transport = {{ kind = "serial", format = "jsonl", port = "{os.ttyname(slave)}", baud = 9600 }}
+sensors = [{{ key = "temp", generator = "temperature" }}]
+"""
+        )
+        ledger = await send_fleet_file(fleet, "mqtt://127.0.0.1:1", count=20, paced=False)
+        got = b""
+        while got.count(b"\n") < 20:
+            got += await asyncio.to_thread(os.read, master, 65536)
+        assert termios.tcgetattr(slave)[4] == termios.B9600
+    finally:
+        os.close(master)
+        os.close(slave)
+    parser = JsonLineParser("rs-0000")
+    readings = [r for line in got.splitlines() if line for r in parser(line, now_us())]
+    assert {reading_key(r) for r in readings} == ledger.keys()
+    assert len(readings) == ledger.count == 20
