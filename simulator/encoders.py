@@ -66,6 +66,7 @@ __all__ = [
     "FORMATS",
     "RUUVI_COMPANY_ID",
     "RUUVI_FIELDS",
+    "RUUVI_TARGETS",
     "BTHomeEncoder",
     "CsvEncoder",
     "Encoder",
@@ -422,7 +423,9 @@ RUUVI_FIELDS: Final = (
     "voltage",
 )
 """RuuviTag format 5 fields a sensor can map to (``acceleration`` takes a 3-vector)."""
-_RUUVI: Final = {  # field -> (step, lo, hi, not-available raw, offset)
+RUUVI_TARGETS: Final = (*RUUVI_FIELDS, "acceleration")
+"""What a ruuvi transport's ``fields`` may name (``acceleration``: a 3-axis stream)."""
+_RUUVI: Final = {  # field -> (step, lowest and highest quanta sent)
     "temperature": (0.005, -32767, 32767),
     "humidity": (0.0025, 0, 65534),
     "pressure": (0.01, 50000, 115534),  # hPa * 100, raw = that - 50000
@@ -518,7 +521,7 @@ FORMATS: Final = {
 
 def check_fields(where: str, fmt: str, fields: Mapping[str, str]) -> None:
     """``ConfigError`` for a BLE field mapping naming no measurement of ``fmt``."""
-    known = tuple(BTHOME) if fmt == "bthome" else (*RUUVI_FIELDS, "acceleration")
+    known = tuple(BTHOME) if fmt == "bthome" else RUUVI_TARGETS
     for key, target in fields.items():
         if target not in known:
             raise ConfigError(

@@ -60,6 +60,7 @@ from contract.model import Value, valid_name
 from simulator.encoders import (
     BTHOME,
     FORMATS,
+    RUUVI_TARGETS,
     BTHomeEncoder,
     CsvEncoder,
     Encoder,
@@ -242,22 +243,10 @@ def _check_ble(where: str, raw: Mapping[str, Any], fmt: str, dtype: DeviceType) 
 
 
 def _ble_fields(fmt: str, fields: Mapping[str, str], dtype: DeviceType) -> dict[str, str]:
-    known = set(BTHOME) if fmt == "bthome" else set(RUUVI_NAMES)
+    known = set(BTHOME) if fmt == "bthome" else set(RUUVI_TARGETS)
     out = {k: k for k in dtype.emitted_keys if k in known}
     out.update(fields)
     return out
-
-
-RUUVI_NAMES: Final = (
-    "temperature",
-    "humidity",
-    "pressure",
-    "acceleration",
-    "acceleration_x",
-    "acceleration_y",
-    "acceleration_z",
-    "voltage",
-)
 
 
 # --- encoders per device type --------------------------------------------------------------
