@@ -331,6 +331,10 @@ class BleSettings:
     watchdog_s: float = bounded(300.0, lo=0.0, hi=86_400.0)
     """Restart scanning when no advertisement at all arrived for this long (an adapter that
     went away silently), seconds; 0 turns it off, at most 86400."""
+    simulated_socket: str = ""
+    """For demos and tests: no radio; advertisements arrive as JSON datagrams on a unix
+    datagram socket bound at this path (``cairn-sim``'s ``ble`` transport sends them) and go
+    through the same path as the scanner's. ``""`` (the default) scans the adapter."""
 
     @property
     def device_names(self) -> dict[str, str]:

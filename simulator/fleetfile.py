@@ -30,8 +30,9 @@ other stream. :meth:`DeviceType.block` evaluates every device over a block of in
 
 Transports: ``mqtt`` (``payload = "json"``: one object per device and instant on
 ``devices/{device}``; ``"value"``: ``{"ts", "value"}`` per reading on
-``sensors/{device}/{sensor}``; ``topic`` overrides the template, ``qos`` 0 or 1). The
-``transport`` table's ``kind`` leaves room for others (serial, http, ws, ble).
+``sensors/{device}/{sensor}``; ``"senml"``: a SenML pack on ``senml/{device}``; ``topic``
+overrides the template, ``qos`` 0 or 1), ``serial``, ``http``, ``ws`` and ``ble``: see
+``simulator.transports``, which checks their tables against the device type.
 """
 
 from __future__ import annotations
@@ -81,10 +82,10 @@ __all__ = [
     "preview_text",
 ]
 
-TRANSPORTS: Final = ("mqtt",)
-"""Transport kinds this simulator sends (the schema names others: serial, http, ws, ble)."""
-PLANNED_TRANSPORTS: Final = ("serial", "http", "ws", "ble")
-_MQTT_PAYLOADS: Final = ("json", "value")
+TRANSPORTS: Final = ("mqtt", "serial", "http", "ws", "ble")
+"""Transport kinds this simulator sends (all but MQTT JSON/value in ``simulator.transports``)."""
+PLANNED_TRANSPORTS: Final[tuple[str, ...]] = ()
+_MQTT_PAYLOADS: Final = ("json", "value", "senml")
 _DEFAULT_START: Final = "2026-01-01T00:00:00Z"
 _MAX_DEVICES: Final = 1_000_000
 _MAX_RATE_HZ: Final = 10_000.0
@@ -123,6 +124,8 @@ class Transport:
         template = self.topic or (
             "devices/{device}" if self.payload == "json" else "sensors/{device}/{sensor}"
         )
+        if self.payload == "senml" and not self.topic:
+            template = "senml/{device}"
         return template.format(device=device, sensor=sensor)
 
 
@@ -446,7 +449,12 @@ def _device_type(where: str, raw: object, seed: int, start_us: int) -> DeviceTyp
         streams.append(_stream(f"{where}.sensors[{j}]", rs, {s.key: s for s in streams}))
     if not any(s.emit for s in streams):
         raise ConfigError(f"{where}.sensors", "no sensor is emitted (every one has emit = false)")
-    return DeviceType(name, count, rate, prefix, tuple(streams), transport, clock, seed, start_us)
+    dtype = DeviceType(name, count, rate, prefix, tuple(streams), transport, clock, seed, start_us)
+    if transport.kind != "mqtt":
+        from simulator.transports import check_transport  # noqa: PLC0415 - it imports this
+
+        check_transport(f"{where}.transport", transport.options or {}, dtype)
+    return dtype
 
 
 def _transport(where: str, raw: object) -> Transport:
@@ -459,6 +467,8 @@ def _transport(where: str, raw: object) -> Transport:
         )
     if kind not in TRANSPORTS:
         raise ConfigError(f"{where}.kind", f"must be one of {', '.join(TRANSPORTS)}, not {kind!r}")
+    if kind != "mqtt":  # checked with its device type (simulator.transports.check_transport)
+        return Transport(kind, str(raw.get("format", "")), "", 1, dict(raw))
     _known(raw, where, {"kind", "payload", "topic", "qos"})
     payload = raw.get("payload", "json")
     if payload not in _MQTT_PAYLOADS:
@@ -468,7 +478,7 @@ def _transport(where: str, raw: object) -> Transport:
     topic = raw.get("topic", "")
     if not isinstance(topic, str) or set(topic) & set("+#"):
         raise ConfigError(f"{where}.topic", f"must be a topic template without + or #: {topic!r}")
-    needed = ["{device}"] + (["{sensor}"] if payload == "value" else [])
+    needed = ["{device}"] + (["{sensor}"] if payload == "value" else [])  # json, senml: device
     if topic and not all(n in topic for n in needed):
         raise ConfigError(
             f"{where}.topic", f"a {payload} topic must contain {' and '.join(needed)}"
@@ -680,10 +690,17 @@ def preview_text(fleet: FleetFile, n: int) -> str:
             else ""
         )
         tr = t.transport
+        where = tr.topic or tr.topic_for("{device}", "{sensor}")
+        if tr.kind != "mqtt":  # the other kinds: their format and where they send
+            o = tr.options or {}
+            fmt = o.get("format", "")
+            where = str(o.get("port") or o.get("url") or o.get("socket") or "")
+            where = f"{fmt} to {where}" if fmt else f"to {where}"
+        else:
+            where = f"{tr.payload} on {where}"
         out.append(
             f"\n{t.name}: {t.count} x {t.device_id(0)}... at {t.rate_hz:g} Hz, "
-            f"{tr.kind} {tr.payload} on {tr.topic or tr.topic_for('{device}', '{sensor}')}"
-            f"{clock}\n"
+            f"{tr.kind} {where}{clock}\n"
         )
         rows = [("sensor", "source", "filters"), *((s.key, *_describe(s)) for s in t.streams)]
         w0 = max(len(r[0]) for r in rows)

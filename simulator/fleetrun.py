@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from contract.errors import ConfigError
+from contract.errors import CairnError
 from contract.model import Value
 from simulator.fleetfile import Block, DeviceType, FleetFile
 from simulator.send import Ledger, Pacer, publish_parts
@@ -135,8 +135,19 @@ async def send_device_type(
     progress: Callable[[int, int], None] | None = None,
 ) -> Ledger:
     """Send one device type's instants (``None``: endless) over MQTT; returns the ledger."""
-    if dtype.transport.kind != "mqtt":
-        raise ConfigError("transport.kind", f"{dtype.transport.kind!r} cannot be sent yet")
+    if dtype.transport.kind != "mqtt" or dtype.transport.payload == "senml":
+        from simulator import transports  # noqa: PLC0415 - the other kinds' senders
+
+        return await transports.send_device_type(
+            dtype,
+            url,
+            instants=instants,
+            paced=paced,
+            speed=speed,
+            ledger=ledger,
+            client_id=client_id,
+            progress=progress,
+        )
     ledger = ledger if ledger is not None else Ledger()
     first = instants.start if instants is not None else 0
     if instants is not None and len(instants) == 0:
@@ -177,18 +188,31 @@ async def send_fleet_file(
             return range(t.instants_in(seconds))
         return None
 
-    async with asyncio.TaskGroup() as group:
-        for t in fleet.device_types:
-            group.create_task(
-                send_device_type(
-                    t,
-                    url,
-                    instants=span(t),
-                    paced=paced,
-                    speed=speed,
-                    ledger=ledger,
-                    client_id=f"{client_id}-{t.name}",
-                ),
-                name=f"send-{t.name}",
-            )
+    try:
+        async with asyncio.TaskGroup() as group:
+            for t in fleet.device_types:
+                group.create_task(
+                    send_device_type(
+                        t,
+                        url,
+                        instants=span(t),
+                        paced=paced,
+                        speed=speed,
+                        ledger=ledger,
+                        client_id=f"{client_id}-{t.name}",
+                    ),
+                    name=f"send-{t.name}",
+                )
+    except ExceptionGroup as group_error:
+        _raise_first_cairn_error(group_error)
+        raise
     return ledger
+
+
+def _raise_first_cairn_error(group: BaseExceptionGroup[BaseException]) -> None:
+    """A transport's own error (one line for the command line), not the task group's."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            _raise_first_cairn_error(exc)
+        elif isinstance(exc, CairnError):
+            raise exc

@@ -222,15 +222,16 @@ def test_truth_lists_outliers_and_matches_the_emitted_readings() -> None:
         ('[[device_types]]\nname = "a"', "device_types[0].sensors"),
         ('[[device_types]]\nname = "a"\ncolour = "red"', "device_types[0].colour"),
         (
-            '[[device_types]]\nname = "a"\ntransport = { kind = "serial" }',
-            "device_types[0].transport.kind",
+            '[[device_types]]\nname = "a"\ntransport = { kind = "serial" }\n'
+            '[[device_types.sensors]]\nkey = "t"\ngenerator = "temperature"',
+            "device_types[0].transport.port",
         ),
         (
             '[[device_types]]\nname = "a"\ntransport = { kind = "pigeon" }',
             "device_types[0].transport.kind",
         ),
         (
-            '[[device_types]]\nname = "a"\ntransport = { payload = "senml" }',
+            '[[device_types]]\nname = "a"\ntransport = { payload = "cbor" }',
             "device_types[0].transport.payload",
         ),
         ('[[device_types]]\nname = "a"\ntransport = { qos = 2 }', "device_types[0].transport.qos"),

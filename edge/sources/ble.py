@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import logging
 import re
 import time
@@ -58,6 +59,7 @@ from edge.sources.ble_decoders import (
     BleDecoder,
     Decoder,
 )
+from edge.sources.ble_sim import SimulatedAdvertisementScanner
 from edge.sources.waiting import wait_set
 from edge.stats import EdgeStats, SourceStats
 
@@ -260,6 +262,10 @@ class BleSource:
         self._stats = stats
         self.status = BleStats()
         stats.sources[settings.name] = self.status
+        if settings.simulated_socket and scanner_factory is BleakAdvertisementScanner:
+            scanner_factory = functools.partial(
+                SimulatedAdvertisementScanner, on_bad=self._bad_datagram
+            )
         self._factory = scanner_factory
         self._decoder: Decoder = DECODERS[settings.decoder]
         self._names = settings.device_names
@@ -344,6 +350,8 @@ class BleSource:
             failures = 0
             backoff.reset()
             adapter = s.adapter or "default adapter"
+            if s.simulated_socket:
+                adapter = f"simulated socket {s.simulated_socket}"
             self.status.adapter = f"scanning ({mode.value}) on {adapter}"
             self.status.scanning_mode = mode.value
             self.status.connected = True
@@ -437,6 +445,12 @@ class BleSource:
         self._pending += 1
         self._queue.append(adv)
         self._ready.set()
+
+    def _bad_datagram(self, detail: str, datagram: bytes) -> None:
+        """A simulated-socket datagram that is no advertisement: counted ``bad-datagram``."""
+        self.status.seen += 1
+        self._stats.received(self.name)
+        self._stats.rejected(self.name, "bad-datagram", detail, datagram[:64], "simulated socket")
 
     def _allowed(self, adv: Advertisement) -> bool:
         if self._allow_all:
