@@ -145,11 +145,11 @@ class DeviceRevocationPublisher:
                         _log.warning("cannot send device-token revocations: %s", exc)
                 else:
                     next_resend = 0.0  # send to everyone once the link is back
-                poll = self._registry.poll_s
+                wait = self._registry.poll_s
+                if next_resend:
+                    wait = min(wait, max(0.0, next_resend - time.monotonic()))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake.wait(), min(poll, max(0.0, next_resend - time.monotonic()))
-                    )
+                    await asyncio.wait_for(self._wake.wait(), wait)
                 await asyncio.to_thread(self._registry.refresh)  # other processes' commits
         finally:
             self.connected = False

@@ -245,6 +245,33 @@ async def test_a_device_token_revoked_at_the_hub_is_refused_by_the_edge_within_s
             assert status == 403
 
 
+async def test_a_revocation_made_while_nats_is_down_arrives_when_it_is_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with NatsServer(tmp_path / "nats").start() as server:
+        async with _hub(tmp_path, server.url) as site, aiohttp.ClientSession() as s:
+            operator = site.auth.issue("acme", "operator", 600)
+            _, made = await _json(
+                s, "POST", f"{site.api}/device-tokens", operator, {"device": "pump-1"}
+            )
+            async with _edge(site) as (listen, _status_url):
+                assert await _post_reading(s, listen, made["token"]) == 202
+                await until(lambda: BLOCK_BEGIN in site.revoked_file.read_text(), "first list")
+                server.stop()
+                status, _ = await _json(
+                    s, "POST", f"{site.api}/device-tokens/revoke", operator, {"jti": made["jti"]}
+                )
+                assert status == 200  # the hub's API does not need NATS
+                assert made["jti"] not in site.revoked_file.read_text()
+                server.start()
+                back = time.monotonic()
+                while await _post_reading(s, listen, made["token"]) != 403:
+                    assert time.monotonic() - back < 15, "not refused after NATS came back"
+                    await asyncio.sleep(0.05)
+                with capsys.disabled():
+                    print(f"\nNATS back -> refused by the edge: {time.monotonic() - back:.2f} s")
+
+
 # ------------------------------------------------------------------ the edge's side, alone
 
 
