@@ -7,10 +7,12 @@ loopback port, a real registry file), and the roles table in docs/operator.md.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -170,6 +172,22 @@ async def test_revoked_token_is_refused_at_the_next_request(
     # An admin may revoke its own token; it is refused from then on.
     assert (await _call(client, "POST", "/api/v1/tokens/revoke", admin, {"token": admin}))[0] == 200
     assert (await _call(client, "GET", "/api/v1/whoami", admin))[0] == 401
+
+
+async def test_a_revocation_by_another_process_is_refused_within_a_second(
+    client: TestClient, auth: TokenAuthority, tmp_path: Path
+) -> None:
+    """``cairn-hub token revoke`` writes the same registry file from another process; the
+    running hub notices within the registry's ``poll_s`` (0.5 s)."""
+    token = auth.issue("acme", "viewer", 600)
+    assert (await _call(client, "GET", "/api/v1/devices", token))[0] == 200
+    other = Registry(tmp_path / "registry.sqlite3")  # another connection: another process
+    other.revoke_token(auth.verify(token).jti, "acme", (int(time.time()) + 600) * 1_000_000)
+    other.close()
+    revoked_at = time.monotonic()
+    while (await _call(client, "GET", "/api/v1/devices", token))[0] != 401:
+        assert time.monotonic() - revoked_at < 1.0, "not refused within a second"
+        await asyncio.sleep(0.02)
 
 
 async def test_roles_are_enforced(client: TestClient, auth: TokenAuthority) -> None:
