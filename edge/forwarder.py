@@ -45,6 +45,7 @@ import nats.errors
 import nats.js.errors
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from contract.backoff import Backoff
@@ -56,6 +57,7 @@ from contract.names import (
     HDR_MSG_ID,
     HDR_SEQ,
     HDR_SIGNATURE,
+    command_subject,
     msg_id,
     status_subject,
     telemetry_subject,
@@ -139,6 +141,9 @@ class Forwarder:
         self._link_back = asyncio.Event()
         self.status_source = status
         """Called every ``status_interval_s`` for the document to publish (None: nothing)."""
+        self.command_handler: Callable[[Msg], Awaitable[None]] | None = None
+        """Called with each message on the edge's command subject (``edge.commands``; None:
+        not subscribed). The subscription lives as long as the connection, across reconnects."""
         self._last_seq = buffer.stats().last_seq  # everything up to here is backlog
         self._commits: deque[tuple[float, int]] = deque(maxlen=MAX_TRACKED_COMMITS)
         self._claimed: set[int] = set()  # queued, in flight, or acked and not yet marked sent
@@ -174,6 +179,10 @@ class Forwarder:
         """Connect, then publish for ever (until cancelled; the connection is closed then)."""
         nc = await self._connect()
         try:
+            if self.command_handler is not None:
+                await nc.subscribe(
+                    command_subject(self._tenant, self._edge), cb=self.command_handler
+                )
             js = nc.jetstream(timeout=self._settings.ack_timeout_s)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._mark_loop(), name="forwarder-mark-sent")

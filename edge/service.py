@@ -23,6 +23,7 @@ from contract.signing import load_or_create_key
 from edge.admin import AdminServer
 from edge.batcher import Batcher
 from edge.buffer import Buffer
+from edge.commands import EdgeCommands
 from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
 from edge.sources.ble import BleSource
@@ -90,6 +91,9 @@ async def _serve(
         }
 
     forwarder.status_source = status  # also published to the hub every status_interval_s
+    commands = EdgeCommands(config, stats)  # the hub's device-token revocations
+    if commands.enabled:
+        forwarder.command_handler = commands.handle
 
     admin = AdminServer(config.admin, status, settings.admin_port_path)
     _log.info(

@@ -26,6 +26,7 @@ from hub.status import StatusListener
 from hub.store import Store
 
 __all__ = [
+    "ANY_ROLE",
     "AUTH",
     "CA_PEM",
     "CLAIMS",
@@ -52,6 +53,10 @@ CLAIMS: Final = web.RequestKey("claims", Claims)
 CA_PEM: Final = web.AppKey("ca_pem", bytes)
 """The hub CA certificate (PEM) when the hub runs with TLS; absent otherwise."""
 
+ANY_ROLE: Final = "any"
+"""``Route.role`` of routes any valid token may call, a tenant role or platform-admin
+(``GET /api/v1/whoami``)."""
+
 MAX_BODY_BYTES: Final = 64 * 1024
 """Largest request body the API reads (aiohttp answers 413 above it)."""
 _MAX_JSON_DEPTH: Final = 32
@@ -68,7 +73,8 @@ class Route:
     handler: Handler
     summary: str
     role: str | None
-    """Least tenant role that may call it, :data:`PLATFORM_ADMIN`, or ``None``: no token."""
+    """Least tenant role that may call it, :data:`PLATFORM_ADMIN`, :data:`ANY_ROLE`, or
+    ``None``: no token."""
     params: tuple[dict[str, Any], ...] = ()
     """OpenAPI parameter objects (path parameters are added from ``path``)."""
     body: dict[str, Any] | None = None
@@ -108,6 +114,8 @@ def _authenticate(request: web.Request) -> Claims | web.Response:
 
 def allowed(role: str, needed: str) -> bool:
     """Whether a token of ``role`` may call a route that needs ``needed``."""
+    if needed == ANY_ROLE:
+        return role == PLATFORM_ADMIN or role in ROLE_RANK
     if needed == PLATFORM_ADMIN:
         return role == PLATFORM_ADMIN
     return ROLE_RANK.get(role, 0) >= ROLE_RANK[needed]
@@ -116,7 +124,7 @@ def allowed(role: str, needed: str) -> bool:
 def guard(route: Route) -> Handler:
     """``route.handler`` behind the check its ``role`` asks for."""
     needed = route.role
-    if needed is not None and needed != PLATFORM_ADMIN and needed not in ROLE_RANK:
+    if needed not in (None, PLATFORM_ADMIN, ANY_ROLE) and needed not in ROLE_RANK:
         raise ValueError(f"route {route.path}: unknown role {needed!r}")
 
     async def guarded(request: web.Request) -> web.StreamResponse:

@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -144,6 +144,12 @@ class TokenAuthority:
             "exp": now + ttl_s,
             "jti": uuid.uuid4().hex,
         }
+        return jwt.encode(claims, self._key, algorithm=_ALGORITHM, headers={"kid": self.kid})
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """``claims`` as they are, signed like every token of this hub (EdDSA, :attr:`kid`):
+        messages to the edges, which verify them with the key that verifies device tokens
+        (:mod:`hub.devrevocations`)."""
         return jwt.encode(claims, self._key, algorithm=_ALGORITHM, headers={"kid": self.kid})
 
     def issue_token(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from contract.cli import LOG_LEVELS, run_command, setup_logging
+from hub import cli_admin
 from hub.auth import ROLES, TokenAuthority
 from hub.config import load_config
 from hub.service import authority, run_hub
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="API tokens")
     token_sub = token.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = token_sub.add_parser("create", help="print a new signed API token")
+    create = token_sub.add_parser("create", aliases=["issue"], help="print a new signed API token")
     create.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
     create.add_argument("--tenant", required=True, help="tenant the token is for")
     create.add_argument("--role", required=True, choices=ROLES, help="role of the bearer")
@@ -60,10 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     edges_list.add_argument("--config", type=Path, required=True)
     edges_list.add_argument("--tenant", default=None, help="only this tenant's edges")
 
-    tenants = sub.add_parser("tenants", help="tenants the store has seen")
+    tenants = sub.add_parser("tenants", help="tenants: registered, and seen in the store")
     tenants_sub = tenants.add_subparsers(dest="action", required=True, metavar="ACTION")
     tenants_list = tenants_sub.add_parser("list", help="list tenants")
     tenants_list.add_argument("--config", type=Path, required=True)
+    cli_admin.add_parsers(sub, token_sub, tenants_sub)  # tenants, api-keys, token revoke
     return parser
 
 
@@ -72,6 +74,9 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "run":
         asyncio.run(run_hub(config))
         return 0
+    handled = cli_admin.run(args, config)
+    if handled is not None:
+        return handled
     if args.command == "token":
         print(_token(authority(config), args))
         return 0

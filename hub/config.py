@@ -111,6 +111,12 @@ class AuthSettings:
     retired_key_grace_s: int = bounded(7 * 86400, lo=0, hi=366 * 86400)
     """After an edge rotates its key, batches signed with the old key are still accepted for
     this long (they may wait in JetStream while the hub is down), seconds."""
+    api_key_token_ttl_s: int = bounded(900, lo=60, hi=86400)
+    """Lifetime of the bearer tokens ``POST /api/v1/token`` gives for an API key, seconds
+    (a revoked API key gets no new token; those it got live at most this long)."""
+    device_revocations_resend_s: float = bounded(30.0, lo=0.5, hi=3600)
+    """Each active edge gets its tenant's list of revoked device tokens at once when it
+    changes and again every this many seconds (an edge that was offline catches up)."""
 
 
 @dataclass(frozen=True, slots=True)

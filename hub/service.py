@@ -9,9 +9,11 @@ import signal
 from aiohttp import web
 
 from contract.errors import ConfigError
+from hub import api_admin
 from hub.api import make_app
 from hub.auth import TokenAuthority
 from hub.config import HubConfig
+from hub.devrevocations import DeviceRevocationPublisher
 from hub.ingest import Ingestor
 from hub.registry import Registry
 from hub.status import StatusListener
@@ -71,6 +73,10 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
     runner = web.AppRunner(
         make_app(store, auth, ingestor.stats, listener, registry=registry), access_log=None
     )
+    api_admin.configure(runner.app, config.auth.api_key_token_ttl_s)
+    revocations = DeviceRevocationPublisher(
+        config.nats.url, registry, auth, resend_s=config.auth.device_revocations_resend_s
+    )
     await runner.setup()
     try:
         host, port = config.api_host_port
@@ -89,6 +95,7 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(ingestor.run(), name="hub-ingest")
                 tg.create_task(listener.run(), name="hub-status")
+                tg.create_task(revocations.run(), name="hub-device-revocations")
                 tg.create_task(_stopped(stop), name="hub-stop")
         except* _Stopped:
             pass
