@@ -10,6 +10,7 @@ from aiohttp import web
 
 from contract.errors import ConfigError
 from hub.api import make_app
+from hub.api_identity import NATS_URL
 from hub.auth import TokenAuthority
 from hub.config import HubConfig
 from hub.ingest import Ingestor
@@ -68,9 +69,9 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(
-        make_app(store, auth, ingestor.stats, listener, registry=registry), access_log=None
-    )
+    app = make_app(store, auth, ingestor.stats, listener, registry=registry)
+    app[NATS_URL] = config.nats.public_url or config.nats.url  # told to edges at enrollment
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         host, port = config.api_host_port

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -64,7 +65,7 @@ async def test_every_route_needs_a_token(client: TestClient) -> None:
     for route in ROUTES:
         if route.role is None:
             continue
-        url = route.path.replace("{device}", "d1")
+        url = re.sub(r"\{\w+\}", "d1", route.path)  # every path parameter
         resp = await client.request(route.method, url)
         assert resp.status == 401, url
         body = await resp.json()
