@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
+import datetime as dt
 import ipaddress
 import json
 import ssl
@@ -172,7 +172,8 @@ async def test_enroll_makes_the_key_on_the_box_and_sends_only_its_public_half(
         assert spelling not in body
 
     record = hub.registry.edge("acme", "edge-7")
-    assert record is not None and record.active_key is not None
+    assert record is not None
+    assert record.active_key is not None
     assert record.active_key.public_key == public_key_bytes(key)
     enrollment = json.loads((state / "enrollment.json").read_text())
     assert (enrollment["edge"], enrollment["tenant"], enrollment["nats_url"]) == (
@@ -336,15 +337,15 @@ async def test_rotation_needs_the_current_key(hub: Hub) -> None:
 def _ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test hub CA")])
-    now = datetime.datetime.now(datetime.UTC)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -355,15 +356,15 @@ def _server_context(
     ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, folder: Path
 ) -> ssl.SSLContext:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
         .issuer_name(ca.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
@@ -455,7 +456,8 @@ async def test_ca_pin_over_https(tmp_path: Path) -> None:
         done = await _edge_cli("rotate-key", "--config", str(folder / "edge.toml"))
         assert done.returncode == 0, done.stderr
         record = hub.registry.edge("acme", "e1")
-        assert record is not None and record.active_key is not None
+        assert record is not None
+        assert record.active_key is not None
         key = load_or_create_key(folder / "state" / "edge.key")
         assert record.active_key.public_key == public_key_bytes(key)
 
