@@ -60,6 +60,8 @@ class LabSettings:
     """Lines added to the edge's ``[buffer]`` section (e.g. ``max_bytes = ...``)."""
     extra_forwarder_toml: str = ""
     """Lines added to the edge's ``[forwarder]`` section (e.g. ``backoff_max_s = 1.0``)."""
+    extra_hub_toml: str = ""
+    """Sections added to the hub's config (e.g. ``[auth]`` ``retired_key_grace_s = 3``)."""
 
 
 class ManagedProcess:
@@ -232,7 +234,7 @@ class Lab:
             "[nats]\n"
             f'url = "{self.nats.url}"\n'
             "[api]\n"
-            f'listen = "127.0.0.1:{self.api_port}"\n'
+            f'listen = "127.0.0.1:{self.api_port}"\n' + s.extra_hub_toml
         )
         topics = ",\n  ".join(f'{{ pattern = "{p}", format = "{f}" }}' for p, f in s.topics)
         self.edge.config.write_text(
