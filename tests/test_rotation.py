@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 import nats
+import nats.errors
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from contract.backoff import Backoff
 from contract.codec import encode_batch
 from contract.keyproof import key_fingerprint
 from contract.model import Reading
@@ -30,11 +33,15 @@ from contract.names import (
     msg_id,
     telemetry_subject,
 )
-from contract.signing import load_or_create_key, public_key_bytes, sign_batch
+from contract.natsconn import connect_nats
+from contract.nkeyid import nkey_public, nkey_seed
+from contract.signing import generate_key, load_or_create_key, public_key_bytes, sign_batch
+from edge.identity import Enrollment, KeyHolder, nats_identity, rekey_connection, write_atomic
 from hub.registry import Registry
 from simulator.fleet import Fleet, FleetSpec
 from simulator.lab import Lab, LabSettings
 from simulator.send import send_fleet
+from simulator.servers import NatsServer
 from tests.e2e_helpers import assert_exactly, async_wait_until, hub_count, stored_readings
 from tests.polling import until
 
@@ -124,3 +131,68 @@ async def test_rotation_with_a_backlog_loses_nothing_and_retires_the_old_key(
         await async_wait_until(refused, 30, "the old key's batch to be refused")
         assert hub_count(lab) == ledger.count
         assert_exactly(ledger, stored_readings(lab.hub_store_path, TENANT))
+
+
+def _authorize_only(public_key: bytes) -> str:
+    return f'authorization {{ users: [ {{ nkey: "{nkey_public(public_key)}" }} ] }}'
+
+
+async def test_a_connected_edge_logs_in_with_its_rotated_key(tmp_path: Path) -> None:
+    """The NATS server admits only the active key (as the hub's authorization will): after a
+    rotation the open connection's next login uses the new key, and the old one is refused."""
+    data = tmp_path / "edge"
+    data.mkdir()
+    keys = KeyHolder(data / "edge.key", check_s=0.05)
+    old = keys.current()
+    enrollment = Enrollment(EDGE, TENANT, "", None, None, data)
+    identity = nats_identity(enrollment, keys)
+    server = NatsServer(tmp_path / "nats", extra_config=_authorize_only(public_key_bytes(old)))
+    server.start()
+    reconnected = asyncio.Event()
+    errors: list[str] = []
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await connect_nats(
+        server.url,
+        "rotation-test",
+        Backoff(0.05, 0.2),
+        lambda _problem: None,
+        identity,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+    )
+    try:
+        rekeyed: list[bool] = []
+        keys.add_listener(lambda key: rekeyed.append(rekey_connection(nc, key)))
+        new = generate_key()
+        pem = new.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        write_atomic(data / "edge.key", pem, mode=0o600)
+        assert keys.check()
+        assert rekeyed == [True]
+        assert public_key_bytes(keys.current()) == public_key_bytes(new)
+
+        server.extra_config = _authorize_only(public_key_bytes(new))
+        await asyncio.to_thread(server.restart)
+        await asyncio.wait_for(reconnected.wait(), 15)
+        await nc.flush(timeout=5)
+        assert nc.is_connected
+        # A fresh login with the old key is refused by the server.
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(
+                server.url,
+                nkeys_seed_str=nkey_seed(old).decode(),
+                allow_reconnect=False,
+                connect_timeout=5,
+            )
+    finally:
+        await nc.close()
+        server.stop()
