@@ -277,16 +277,27 @@ def rotate_key(data_dir: Path, *, hub: str | None = None) -> str:
         new = generate_key()
         write_atomic(pending, _private_pem(new), mode=0o600)
     new_public = public_key_bytes(new)
-    signed_at = int(time.time())
-    proof = sign_rotation(old, enrollment.tenant, enrollment.edge, new_public, signed_at)
-    body = {
-        "tenant": enrollment.tenant,
-        "public_key": _b64(new_public),
-        "signed_at_s": signed_at,
-        "proof": _b64(proof),
-    }
-    status, raw = _call(f"{api}/edges/{quote(enrollment.edge, safe='')}/rotate", body, context)
-    accepted_before = resumed and status == 409 and b"key-in-use" in raw
+    url = f"{api}/edges/{quote(enrollment.edge, safe='')}/rotate"
+
+    def ask(signer: Ed25519PrivateKey) -> tuple[int, bytes]:
+        signed_at = int(time.time())
+        proof = sign_rotation(signer, enrollment.tenant, enrollment.edge, new_public, signed_at)
+        body = {
+            "tenant": enrollment.tenant,
+            "public_key": _b64(new_public),
+            "signed_at_s": signed_at,
+            "proof": _b64(proof),
+        }
+        return _call(url, body, context)
+
+    status, raw = ask(old)
+    accepted_before = False
+    if resumed and status == 401:
+        # The hub may have accepted the new key before the swap here was cut short: then
+        # the new key is the active one, and a request it signs is refused only because
+        # the key is enrolled already (the proof is checked first).
+        again, again_raw = ask(new)
+        accepted_before = again == 409 and b"key-in-use" in again_raw
     if status != 200 and not accepted_before:
         if not resumed:
             pending.unlink(missing_ok=True)

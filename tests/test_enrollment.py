@@ -495,3 +495,55 @@ async def test_revoked_edge_batches_are_refused(tmp_path: Path) -> None:
 
         await async_wait_until(lambda: revoked_count() >= 1, 60, "a revoked-edge rejection")
         assert hub_count(lab) == ledger.count  # nothing of the revoked edge was stored
+
+
+async def test_rotate_key_finishes_a_rotation_cut_short(hub: Hub, tmp_path: Path) -> None:
+    """The hub accepted the new key but the box lost power before the rename: running
+    ``rotate-key`` again offers the same key, learns it is in use, and completes the swap."""
+    import time
+
+    import aiohttp
+
+    folder = _edge_dir(tmp_path, "edge")
+    config = str(folder / "edge.toml")
+    line = _refusal(await _edge_cli("rotate-key", "--config", config))
+    assert line.startswith("cairn-edge: this edge is not enrolled (no ")
+
+    done = await _enroll(folder, hub.url, _token(hub.registry, "acme", "e1"))
+    assert done.returncode == 0, done.stderr
+    state = folder / "state"
+    old = load_or_create_key(state / "edge.key")
+    new = generate_key()
+    (state / "edge.key.new").write_bytes(
+        new.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (state / "edge.key.new").chmod(0o600)
+    now = int(time.time())
+    new_public = public_key_bytes(new)
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(
+            hub.url + "/api/v1/edges/e1/rotate",
+            json={
+                "tenant": "acme",
+                "public_key": base64.urlsafe_b64encode(new_public).decode().rstrip("="),
+                "signed_at_s": now,
+                "proof": base64.urlsafe_b64encode(sign_rotation(old, "acme", "e1", new_public, now))
+                .decode()
+                .rstrip("="),
+            },
+        )
+        assert resp.status == 200
+    done = await _edge_cli("rotate-key", "--config", config)
+    assert done.returncode == 0, done.stderr
+    assert public_key_bytes(load_or_create_key(state / "edge.key")) == new_public
+    assert not (state / "edge.key.new").exists()
+
+    # A broken enrollment file stops the edge with one line naming the file.
+    (state / "enrollment.json").write_text("{not json")
+    with pytest.raises(ConfigError) as info:
+        load_config(folder / "edge.toml")
+    assert info.value.key == str(state / "enrollment.json")
