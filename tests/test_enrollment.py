@@ -547,3 +547,55 @@ async def test_rotate_key_finishes_a_rotation_cut_short(hub: Hub, tmp_path: Path
     with pytest.raises(ConfigError) as info:
         load_config(folder / "edge.toml")
     assert info.value.key == str(state / "enrollment.json")
+
+
+def test_hub_cli_enroll_token_and_edges(tmp_path: Path) -> None:
+    """``cairn-hub enroll-token`` prints the token and the CA pin; ``edges show`` and
+    ``edges revoke`` work on the registry file; refusals are one line."""
+
+    def hub_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hub", *args, "--config", str(tmp_path / "hub.toml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    (tmp_path / "hub.toml").write_text('[hub]\nstate_dir = "state"\n')
+    done = hub_cli("enroll-token", "--tenant", "acme", "--edge", "e1", "--ttl", "60")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("token   ce1.")
+    assert lines[1] == "ca-pin  (none: the hub has no CA)"
+    token = lines[0].split()[1]
+
+    _ca_key, ca = _ca()
+    (tmp_path / "state" / "pki").mkdir()
+    (tmp_path / "state" / "pki" / "ca.pem").write_bytes(_pem(ca))
+    done = hub_cli("enroll-token", "--tenant", "acme", "--edge", "e2")
+    assert done.returncode == 0, done.stderr
+    pin = certificate_fingerprint(_pem(ca))
+    assert done.stdout.splitlines()[1] == f"ca-pin  {pin}"
+    assert f"--ca-pin {pin}" in done.stdout
+
+    registry = Registry(tmp_path / "state" / "registry.sqlite3")
+    try:
+        key = generate_key()
+        registry.enroll(token, public_key_bytes(key))
+    finally:
+        registry.close()
+    done = hub_cli("edges", "show", "--tenant", "acme", "--edge", "e1")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert (shown["edge"], shown["revoked"], len(shown["keys"])) == ("e1", False, 1)
+    done = hub_cli("edges", "revoke", "--tenant", "acme", "--edge", "e1")
+    assert (done.returncode, done.stdout) == (0, "revoked edge e1 of tenant acme\n")
+    assert json.loads(hub_cli("edges", "show", "--tenant", "acme", "--edge", "e1").stdout)[
+        "revoked"
+    ]
+    done = hub_cli("edges", "revoke", "--tenant", "other", "--edge", "e1")
+    assert (done.returncode, done.stderr) == (2, "cairn-hub: no edge 'e1' in tenant 'other'\n")
+    done = hub_cli("enroll-token", "--tenant", "acme", "--edge", "bad.name")
+    assert done.returncode == 2
+    assert done.stderr.startswith("cairn-hub: edge must match")
