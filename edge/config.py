@@ -23,7 +23,7 @@ from contract.model import valid_name
 from contract.names import TOKEN_RE
 from contract.settings import bounded, read_toml, section, split_host_port, table
 from edge.buffer import BufferLimits
-from edge.identity import Enrollment, apply_enrollment
+from edge.identity import Enrollment, apply_enrollment, with_hub_token_key
 from edge.sources.ble_decoders import BleDecoder
 from edge.sources.topics import TopicPattern, filters_overlap
 
@@ -557,6 +557,8 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
             raise ConfigError(f"mqtt[{i}].name", f"{name!r} is already the name of another source")
     ble = _ble_sections(raw, names)
     serial = _serial_sources(raw, base, names + [b.name for b in ble])
+    if enrollment is not None:  # the hub's device-token key, from the enrollment
+        raw = {**raw, "http": with_hub_token_key(raw.get("http", []), enrollment)}
     http = _http_sections(raw, [*names, *(b.name for b in ble), *(s.name for s in serial)], base)
     return EdgeConfig(
         edge=edge,

@@ -51,6 +51,7 @@ __all__ = [
     "apply_enrollment",
     "nats_identity",
     "read_enrollment",
+    "with_hub_token_key",
     "write_atomic",
 ]
 
@@ -167,6 +168,28 @@ def apply_enrollment(
     if enrollment.nats_url and not nats_url_set:
         forwarder = dataclasses.replace(forwarder, nats_url=enrollment.nats_url)
     return edge, forwarder, enrollment
+
+
+def with_hub_token_key(http_raw: object, enrollment: Enrollment | None) -> object:
+    """The ``[[http]]`` tables with the hub's device-token key (``hub-token.pem`` under the
+    enrolled ``kid``) added to each one's ``keys`` unless listed there already, so an enrolled
+    edge verifies the hub's device tokens without more configuration. Anything that is not a
+    list of tables is returned as it is (the config loader reports it)."""
+    if enrollment is None or enrollment.token_kid is None or not isinstance(http_raw, list):
+        return http_raw
+    hub_key = {"kid": enrollment.token_kid, "file": str(enrollment.token_key_file)}
+    out: list[object] = []
+    for item in http_raw:
+        keys = item.get("keys", []) if isinstance(item, dict) else None
+        if (
+            isinstance(item, dict)
+            and isinstance(keys, list)
+            and not any(isinstance(k, dict) and k.get("kid") == enrollment.token_kid for k in keys)
+        ):
+            out.append({**item, "keys": [*keys, hub_key]})
+        else:
+            out.append(item)
+    return out
 
 
 class KeyHolder:

@@ -36,6 +36,7 @@ from contract.nkeyid import nkey_seed
 from contract.signing import generate_key, load_or_create_key, public_key_bytes
 from edge.config import load_config
 from edge.identity import KeyHolder, nats_identity
+from edge.sources.devtokens import DeviceTokenVerifier, load_key
 from hub.api import make_app
 from hub.api_identity import NATS_URL
 from hub.auth import TokenAuthority
@@ -205,6 +206,18 @@ async def test_enroll_makes_the_key_on_the_box_and_sends_only_its_public_half(
         load_config(folder / "other.toml")
     assert info.value.key == "edge.id"
     assert "enrolled as 'edge-7'" in info.value.problem
+
+    # An [[http]] source trusts the hub's device tokens without listing the key.
+    (folder / "http.toml").write_text(
+        '[edge]\ndata_dir = "state"\n[[http]]\nlisten = "127.0.0.1:0"\n'
+    )
+    http = load_config(folder / "http.toml").http[0]
+    assert [(k.kid, k.file) for k in http.keys] == [(hub.auth.kid, state / "hub-token.pem")]
+    verifier = DeviceTokenVerifier(
+        [load_key(k.kid, k.file) for k in http.keys], "acme", issuer="cairn-hub"
+    )
+    claims = verifier.verify(hub.auth.issue_device("acme", "pump-1", 600))
+    assert (claims.device, claims.tenant) == ("pump-1", "acme")
 
     # Enrolling again needs --force (and a new token).
     line = _refusal(await _enroll(folder, hub.url, issued["token"]))
