@@ -30,6 +30,7 @@ from contract.signing import load_or_create_key, public_key_bytes
 from hub.api import make_app
 from hub.api_identity import NATS_URL
 from hub.config import load_config
+from hub.edges_cli import ca_pem
 from hub.registry import Registry
 from hub.service import authority, open_registry
 from hub.store import SqliteStore
@@ -156,7 +157,7 @@ def _hub_api_only(config_path: Path) -> Iterator[None]:
     loop = asyncio.new_event_loop()
     store = SqliteStore(config.hub.store_path)
     registry = open_registry(config)
-    app = make_app(store, authority(config), registry=registry)
+    app = make_app(store, authority(config), registry=registry, ca_pem=ca_pem(config))
     app[NATS_URL] = config.nats.public_url or config.nats.url
     runner = web.AppRunner(app, access_log=None)
     host, port = config.api_host_port
