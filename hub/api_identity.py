@@ -350,6 +350,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         responses={
             "201": "Enrolled: edge id, tenant, NATS URL, subjects, hub keys",
             "401": "Unknown enrollment token",
+            "403": "The tenant is disabled",
             "409": "Token used already, edge enrolled, or key enrolled before",
             "410": "Token expired",
         },
