@@ -487,6 +487,7 @@ async def test_revoked_edge_batches_are_refused(tmp_path: Path) -> None:
         lab.start()
         enrolled = json.loads((lab.root / "edge" / "state" / "enrollment.json").read_text())
         assert (enrolled["edge"], enrolled["tenant"]) == ("edge-r", "t1")
+        assert enrolled["nats_url"] == lab.nats.url  # the hub's nats.url (no public_url set)
         fleet = Fleet(FleetSpec(seed=3, devices=2, sensors=1, rate_hz=1.0))
         ledger = await send_fleet(fleet, lab.mosquitto.url, instants=range(5), paced=False)
         await async_wait_until(lambda: hub_count(lab) == ledger.count, 60, "first readings")
@@ -612,3 +613,15 @@ def test_hub_cli_enroll_token_and_edges(tmp_path: Path) -> None:
     done = hub_cli("enroll-token", "--tenant", "acme", "--edge", "bad.name")
     assert done.returncode == 2
     assert done.stderr.startswith("cairn-hub: edge must match")
+
+
+def test_hub_nats_public_url_is_checked(tmp_path: Path) -> None:
+    from hub.config import load_config as load_hub_config
+
+    path = tmp_path / "hub.toml"
+    path.write_text('[nats]\npublic_url = "tls://hub.example.org:4222"\n')
+    assert load_hub_config(path).nats.public_url == "tls://hub.example.org:4222"
+    path.write_text('[nats]\npublic_url = "http://hub.example.org"\n')
+    with pytest.raises(ConfigError) as info:
+        load_hub_config(path)
+    assert info.value.key == "nats.public_url"
