@@ -211,6 +211,8 @@ def enroll(
         _log.warning("enrolling over plain HTTP: the hub's answer is not authenticated")
 
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if existing is None and (data_dir / KEY_FILE).exists():
+        _log.info("the key in %s was never enrolled; a new one replaces it", data_dir / KEY_FILE)
     key = generate_key()
     pending = data_dir / (KEY_FILE + _PENDING)
     write_atomic(pending, _private_pem(key), mode=0o600)  # kept only if the hub says yes
