@@ -5,6 +5,8 @@
     cairn-edge [--log-level LEVEL] run --config FILE      run until SIGTERM/SIGINT (exit 0)
     cairn-edge [--log-level LEVEL] status --config FILE   counts from the buffer file (read-only;
                                                           works while the edge runs) [--json]
+    cairn-edge enroll --config FILE --hub URL --token T [--ca FILE | --ca-pin SHA256] [--force]
+    cairn-edge rotate-key --config FILE                   a new key, proven by the old one
 
 An error Cairn expects (a bad config key, an unusable buffer file...) prints one line
 ``cairn-edge: <message>`` to stderr and exits with status 2, without a traceback.
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Final
 
 from contract.cli import LOG_LEVELS, run_command, setup_logging
+from edge import enroll_cli
 from edge.buffer import BufferStats, read_stats
 from edge.config import load_config
 from edge.service import run_edge
@@ -51,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
             help=level_help,
         )
     status.add_argument("--json", action="store_true", help="print the counts as JSON")
+    enroll_cli.add_parsers(sub, level_help)
     return parser
 
 
@@ -79,6 +83,8 @@ def _print_status(edge: str, tenant: str, path: Path, st: BufferStats) -> None:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.command in enroll_cli.COMMANDS:
+        return enroll_cli.command(args)
     config = load_config(args.config)
     if args.command == "status":
         st = read_stats(config.edge.buffer_path)

@@ -23,6 +23,7 @@ from contract.model import valid_name
 from contract.names import TOKEN_RE
 from contract.settings import bounded, read_toml, section, split_host_port, table
 from edge.buffer import BufferLimits
+from edge.identity import Enrollment, apply_enrollment, with_hub_token_key
 from edge.sources.ble_decoders import BleDecoder
 from edge.sources.topics import TopicPattern, filters_overlap
 
@@ -95,10 +96,13 @@ class FullPolicy(StrEnum):
 class EdgeSettings:
     """``[edge]``: who this edge is and where it keeps its state."""
 
-    id: str
-    """The edge id (required): one NATS subject token, ``[A-Za-z0-9_-]{1,64}``."""
-    tenant: str
-    """The tenant the edge belongs to (required), same syntax as ``id``."""
+    id: str = ""
+    """The edge id: one NATS subject token, ``[A-Za-z0-9_-]{1,64}``. Required unless the
+    edge is enrolled (``cairn-edge enroll``): then it comes from ``data_dir/enrollment.json``
+    and, if set here too, must agree."""
+    tenant: str = ""
+    """The tenant the edge belongs to, same syntax as ``id``; required unless enrolled, like
+    ``id``."""
     data_dir: Path = Path("state")
     """Folder of ``buffer.sqlite3``, the identity key ``edge.key`` and ``admin.port``
     (created with mode 0700)."""
@@ -490,6 +494,8 @@ class EdgeConfig:
     path: Path | None = None
     """The file this configuration was read from (``None`` if built in code)."""
     serial: tuple[SerialSettings, ...] = ()
+    enrollment: Enrollment | None = None
+    """What ``cairn-edge enroll`` wrote in ``data_dir`` (``None``: not enrolled)."""
 
 
 # --------------------------------------------------------------------------- loading
@@ -514,7 +520,7 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
     edge = section(EdgeSettings, table(raw, "edge"), "edge", base)
     for key in ("id", "tenant"):
         value = getattr(edge, key)
-        if not TOKEN_RE.match(value):
+        if key in table(raw, "edge") and not TOKEN_RE.match(value):
             raise ConfigError(f"edge.{key}", f"must match {TOKEN_RE.pattern}, got {value!r}")
     buffer = section(BufferSettings, table(raw, "buffer"), "buffer", base)
     if buffer.max_pending_readings < buffer.max_batch_readings:
@@ -524,6 +530,9 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
             f"got {buffer.max_pending_readings}",
         )
     forwarder = section(ForwarderSettings, table(raw, "forwarder"), "forwarder", base)
+    edge, forwarder, enrollment = apply_enrollment(
+        edge, forwarder, "nats_url" in table(raw, "forwarder")
+    )
     scheme = urlsplit(forwarder.nats_url).scheme
     if scheme not in {"nats", "tls", "ws", "wss"} or not urlsplit(forwarder.nats_url).hostname:
         raise ConfigError(
@@ -552,6 +561,8 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
             raise ConfigError(f"mqtt[{i}].name", f"{name!r} is already the name of another source")
     ble = _ble_sections(raw, names)
     serial = _serial_sources(raw, base, names + [b.name for b in ble])
+    if enrollment is not None:  # the hub's device-token key, from the enrollment
+        raw = {**raw, "http": with_hub_token_key(raw.get("http", []), enrollment)}
     http = _http_sections(raw, [*names, *(b.name for b in ble), *(s.name for s in serial)], base)
     return EdgeConfig(
         edge=edge,
@@ -563,6 +574,7 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
         http=http,
         path=path,
         serial=serial,
+        enrollment=enrollment,
     )
 
 

@@ -62,11 +62,12 @@ from contract.names import (
     status_subject,
     telemetry_subject,
 )
-from contract.natsconn import connect_nats
+from contract.natsconn import NatsIdentity, connect_nats
 from contract.signing import sign_batch
 from edge.buffer import Buffer, StoredBatch
 from edge.clock import ClockEstimate
 from edge.config import ForwarderSettings
+from edge.identity import KeyHolder, rekey_connection
 from edge.stats import EdgeStats
 from edge.uplink import Uplink, message_bytes
 
@@ -120,16 +121,21 @@ class Forwarder:
         buffer: Buffer,
         tenant: str,
         edge_id: str,
-        key: Ed25519PrivateKey,
+        key: Ed25519PrivateKey | KeyHolder,
         stats: EdgeStats,
         *,
         status: StatusSource | None = None,
+        identity: NatsIdentity | None = None,
     ) -> None:
         self._settings = settings
         self._buffer = buffer
         self._tenant = tenant
         self._edge = edge_id
         self._key = key
+        self._identity = identity
+        """How to log in to NATS (:func:`edge.identity.nats_identity`; None: anonymous)."""
+        if isinstance(key, KeyHolder):
+            key.add_listener(self._rekey)
         self._stats = stats
         self._state = stats.forwarder
         self._subject = telemetry_subject(tenant, edge_id)
@@ -249,6 +255,7 @@ class Forwarder:
             f"cairn-edge-{self._edge}",
             Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s),
             failed,
+            self._identity,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
@@ -461,10 +468,16 @@ class Forwarder:
             _log.debug("cannot check batch %d in the buffer: %s", seq, exc)
             return True
 
+    def _rekey(self, key: Ed25519PrivateKey) -> None:
+        """The edge key was rotated: the next NATS login uses the new one."""
+        if self._nc is not None and rekey_connection(self._nc, key):
+            _log.info("the next NATS login uses the rotated key")
+
     def _headers(self, batch: StoredBatch) -> dict[str, str]:
-        signature = sign_batch(
-            self._key, self._tenant, self._edge, batch.seq, batch.codec, batch.body
-        )
+        # Signed now, with the key of now: a backlog made before a rotation is signed
+        # with the new key when it is finally sent.
+        key = self._key.current() if isinstance(self._key, KeyHolder) else self._key
+        signature = sign_batch(key, self._tenant, self._edge, batch.seq, batch.codec, batch.body)
         return {
             HDR_MSG_ID: msg_id(self._edge, batch.seq, tenant=self._tenant, signature=signature),
             HDR_EDGE: self._edge,

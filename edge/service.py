@@ -16,16 +16,14 @@ import logging
 import signal
 from typing import Any, Final
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from contract.errors import ConfigError
-from contract.signing import load_or_create_key
 from edge.admin import AdminServer
 from edge.batcher import Batcher
 from edge.buffer import Buffer
 from edge.commands import EdgeCommands
 from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
+from edge.identity import KeyHolder, nats_identity
 from edge.sources.ble import BleSource
 from edge.sources.http import HttpSource
 from edge.sources.mqtt import MqttSource
@@ -52,7 +50,7 @@ async def run_edge(
         raise ConfigError(
             "edge.data_dir", f"cannot create {settings.data_dir}: {exc.strerror}"
         ) from exc
-    key = load_or_create_key(settings.key_path)
+    keys = KeyHolder(settings.key_path)
     buffer = Buffer(settings.buffer_path, config.buffer.synchronous.value, config.buffer.limits)
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -60,7 +58,7 @@ async def run_edge(
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     try:
-        await _serve(config, key, buffer, stop)
+        await _serve(config, keys, buffer, stop)
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
@@ -68,12 +66,18 @@ async def run_edge(
         _log.info("edge %s stopped", settings.id)
 
 
-async def _serve(
-    config: EdgeConfig, key: Ed25519PrivateKey, buffer: Buffer, stop: asyncio.Event
-) -> None:
+async def _serve(config: EdgeConfig, keys: KeyHolder, buffer: Buffer, stop: asyncio.Event) -> None:
     settings = config.edge
     stats = EdgeStats()
-    forwarder = Forwarder(config.forwarder, buffer, settings.tenant, settings.id, key, stats)
+    forwarder = Forwarder(
+        config.forwarder,
+        buffer,
+        settings.tenant,
+        settings.id,
+        keys,
+        stats,
+        identity=nats_identity(config.enrollment, keys),
+    )
     window = 2 * sum(m.receive_maximum for m in config.mqtt)
     batcher = Batcher(
         buffer, config.buffer, stats, on_commit=forwarder.notify, digest_window=window
@@ -129,6 +133,7 @@ async def _serve(
             tasks = [
                 tg.create_task(batcher.run(), name="batcher"),
                 tg.create_task(forwarder.run(), name="forwarder"),
+                tg.create_task(keys.watch(), name="key-watch"),
                 *(tg.create_task(s.run(), name=f"source-{s.name}") for s in sources),
             ]
             _log.info("edge %s ready (admin API %s)", settings.id, listen)

@@ -227,6 +227,7 @@ def _status_summary(doc: Any, received_us: int) -> dict[str, Any]:
 async def _edges(request: web.Request) -> web.Response:
     tenant = claims(request).tenant
     rows = await asyncio.to_thread(request.app[STORE].edges, tenant)
+    rows = await asyncio.to_thread(api_identity.merge_identity, request.app[REGISTRY], tenant, rows)
     for r in rows:
         r["last_time"] = _iso(r["last_us"]) if r["last_us"] is not None else None
         doc = r.pop("status")
@@ -283,7 +284,7 @@ DATA_ROUTES: Final[tuple[Route, ...]] = (
         "GET",
         "/api/v1/edges",
         _edges,
-        "Edges of the tenant with counts and latest status",
+        "Edges of the tenant: counts, latest status, enrollment",
         "viewer",
         params=({"name": "document", "in": "query", "schema": {"type": "string"}},),
     ),

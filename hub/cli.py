@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from contract.cli import LOG_LEVELS, run_command, setup_logging
-from hub import cli_admin
+from hub import cli_admin, edges_cli
 from hub.auth import ROLES, TokenAuthority
 from hub.config import load_config
 from hub.service import authority, run_hub
@@ -55,11 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     public.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
     public.add_argument("--kid", action="store_true", help="print only the key id (kid)")
 
-    edges = sub.add_parser("edges", help="edges the store has seen")
+    edges = sub.add_parser("edges", help="enrolled edges and the edges the store has seen")
     edges_sub = edges.add_subparsers(dest="action", required=True, metavar="ACTION")
-    edges_list = edges_sub.add_parser("list", help="list edges with their counts")
+    edges_list = edges_sub.add_parser("list", help="list edges: counts and enrollment")
     edges_list.add_argument("--config", type=Path, required=True)
     edges_list.add_argument("--tenant", default=None, help="only this tenant's edges")
+    edges_cli.add_edge_actions(edges_sub)
+    edges_cli.add_parsers(sub)
 
     tenants = sub.add_parser("tenants", help="tenants: registered, and seen in the store")
     tenants_sub = tenants.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -80,6 +82,8 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "token":
         print(_token(authority(config), args))
         return 0
+    if args.command in {"edges", "enroll-token"}:
+        return edges_cli.command(config, args)
     store = SqliteStore(config.hub.store_path, readonly=True)
     try:
         if args.command == "edges":

@@ -75,6 +75,9 @@ class NatsSettings:
     """Seconds JetStream waits for the hub's ack before it redelivers a batch."""
     max_ack_pending: int = bounded(1024, lo=1, hi=1_000_000)
     """Batches delivered to the hub and not yet acknowledged, at most."""
+    public_url: str = ""
+    """NATS URL the edges are given when they enroll (how they reach the server, e.g.
+    ``tls://hub.example.org:4222``); ``""``: the same as ``url``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,12 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
     url = urlsplit(config.nats.url)
     if url.scheme not in {"nats", "tls"} or not url.hostname:
         raise ConfigError("nats.url", f"must be a nats:// or tls:// URL, got {config.nats.url!r}")
+    public = urlsplit(config.nats.public_url)
+    if config.nats.public_url and (public.scheme not in {"nats", "tls"} or not public.hostname):
+        raise ConfigError(
+            "nats.public_url",
+            f"must be a nats:// or tls:// URL, got {config.nats.public_url!r}",
+        )
     try:
         config.api_host_port  # noqa: B018 - validates
     except ValueError as exc:

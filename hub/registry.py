@@ -27,7 +27,6 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,9 +35,10 @@ from pathlib import Path
 from typing import Final
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from contract.errors import CairnError
+from contract.keyproof import ROTATION_DOMAIN, key_fingerprint, rotation_message, sign_rotation
 from contract.names import TOKEN_RE
 
 __all__ = [
@@ -62,8 +62,6 @@ ENROLL_PREFIX: Final = "ce1"
 """First part of an enrollment token ``ce1.<id>.<secret>`` (a CA pin may follow)."""
 API_KEY_PREFIX: Final = "ck1"
 """First part of an API key ``ck1.<id>.<secret>``."""
-ROTATION_DOMAIN: Final = b"cairn-rotate-v1\x00"
-"""First bytes of the message an edge signs with its old key to rotate to a new one."""
 ROTATION_MAX_AGE_S: Final = 300
 """A rotation request signed longer ago than this (or this far in the future) is refused."""
 
@@ -171,11 +169,6 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def key_fingerprint(public_key: bytes) -> str:
-    """A short, stable name of a public key for logs and listings: ``sha256:<16 hex>``."""
-    return "sha256:" + hashlib.sha256(public_key).hexdigest()[:16]
-
-
 def _new_secret(prefix: str) -> tuple[str, str, bytes]:
     """``(string, id, secret hash)`` of a new ``<prefix>.<id>.<secret>``."""
     ident = secrets.token_hex(_ID_BYTES)
@@ -203,23 +196,6 @@ def _check_key(public_key: bytes) -> None:
         Ed25519PublicKey.from_public_bytes(public_key)
     except ValueError as exc:
         raise RegistryError("bad-key", "malformed Ed25519 public key") from exc
-
-
-def rotation_message(tenant: str, edge: str, new_key: bytes, signed_at_s: int) -> bytes:
-    """What an edge signs with its *old* key to activate ``new_key`` (length-prefixed fields)."""
-    fields = [tenant.encode(), edge.encode(), new_key]
-    return (
-        ROTATION_DOMAIN
-        + b"".join(struct.pack(">I", len(f)) + f for f in fields)
-        + struct.pack(">q", signed_at_s)
-    )
-
-
-def sign_rotation(
-    old: Ed25519PrivateKey, tenant: str, edge: str, new_key: bytes, signed_at_s: int
-) -> bytes:
-    """The proof for :meth:`Registry.rotate_key`: a signature of the old key."""
-    return old.sign(rotation_message(tenant, edge, new_key, signed_at_s))
 
 
 class Registry:

@@ -11,6 +11,7 @@ from aiohttp import web
 from contract.errors import ConfigError
 from hub import api_admin
 from hub.api import make_app
+from hub.api_identity import NATS_URL
 from hub.auth import TokenAuthority
 from hub.config import HubConfig
 from hub.devrevocations import DeviceRevocationPublisher
@@ -70,10 +71,10 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(
-        make_app(store, auth, ingestor.stats, listener, registry=registry), access_log=None
-    )
-    api_admin.configure(runner.app, config.auth.api_key_token_ttl_s)
+    app = make_app(store, auth, ingestor.stats, listener, registry=registry)
+    app[NATS_URL] = config.nats.public_url or config.nats.url  # told to edges at enrollment
+    api_admin.configure(app, config.auth.api_key_token_ttl_s)
+    runner = web.AppRunner(app, access_log=None)
     revocations = DeviceRevocationPublisher(
         config.nats.url, registry, auth, resend_s=config.auth.device_revocations_resend_s
     )

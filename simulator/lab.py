@@ -7,20 +7,33 @@ once, so a process killed and started again comes back on the same address.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from aiohttp import web
+
 from contract.signing import load_or_create_key, public_key_bytes
+from hub.api import make_app
+from hub.api_identity import NATS_URL
+from hub.config import load_config
+from hub.edges_cli import ca_pem
 from hub.registry import Registry
+from hub.service import authority, open_registry
+from hub.store import SqliteStore
 from simulator.servers import Mosquitto, NatsServer, free_port, wait_for_port
 
 __all__ = ["Lab", "LabSettings", "ManagedProcess"]
@@ -48,6 +61,8 @@ class LabSettings:
     """Lines added to the edge's ``[buffer]`` section (e.g. ``max_bytes = ...``)."""
     extra_forwarder_toml: str = ""
     """Lines added to the edge's ``[forwarder]`` section (e.g. ``backoff_max_s = 1.0``)."""
+    extra_hub_toml: str = ""
+    """Sections added to the hub's config (e.g. ``[auth]`` ``retired_key_grace_s = 3``)."""
 
 
 class ManagedProcess:
@@ -134,6 +149,50 @@ def _get_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
         return json.loads(resp.read())
 
 
+@contextlib.contextmanager
+def _hub_api_only(config_path: Path) -> Iterator[None]:
+    """The hub's REST API alone (no ingest, no NATS), in a thread, on the configured port."""
+    config = load_config(config_path)
+    config.hub.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    loop = asyncio.new_event_loop()
+    store = SqliteStore(config.hub.store_path)
+    registry = open_registry(config)
+    app = make_app(store, authority(config), registry=registry, ca_pem=ca_pem(config))
+    app[NATS_URL] = config.nats.public_url or config.nats.url
+    runner = web.AppRunner(app, access_log=None)
+    host, port = config.api_host_port
+
+    async def serve() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+
+    ready = concurrent.futures.Future[None]()
+
+    def run() -> None:  # a thread of its own: the caller may be inside an event loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(serve())
+        except BaseException as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="lab-hub-api", daemon=True)
+    thread.start()
+    try:
+        ready.result(30)
+        yield
+    finally:
+        if thread.is_alive():
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+        loop.close()
+        registry.close()
+        store.close()
+
+
 class Lab:
     """Mosquitto + NATS + hub + edge, each a real process, under one folder."""
 
@@ -176,7 +235,7 @@ class Lab:
             "[nats]\n"
             f'url = "{self.nats.url}"\n'
             "[api]\n"
-            f'listen = "127.0.0.1:{self.api_port}"\n'
+            f'listen = "127.0.0.1:{self.api_port}"\n' + s.extra_hub_toml
         )
         topics = ",\n  ".join(f'{{ pattern = "{p}", format = "{f}" }}' for p, f in s.topics)
         self.edge.config.write_text(
@@ -217,17 +276,60 @@ class Lab:
         self._wait_listening(self.hub, self.api_port, timeout)
 
     def enroll_edge(self) -> None:
-        """Register the edge's key (made now if it has none) with the hub's registry, unless
-        it is registered already."""
-        key = load_or_create_key(self.root / "edge" / "state" / "edge.key")
-        registry = Registry(self.root / "hub" / "state" / "registry.sqlite3")
+        """Enroll the edge the way an operator does, unless it is enrolled already: an
+        enrollment token from the hub's registry, then ``cairn-edge enroll`` against the hub
+        API (the edge makes its key). While the hub is not running, its API alone serves the
+        enrollment (no ingest: JetStream is left as it was)."""
+        state = self.root / "edge" / "state"
+        if (state / "enrollment.json").exists() and self._hub_knows_edge_key():
+            return
+        with contextlib.ExitStack() as stack:
+            if not self.hub.running:
+                stack.enter_context(_hub_api_only(self.hub.config))
+            registry = Registry(self.root / "hub" / "state" / "registry.sqlite3")
+            try:
+                registry.ensure_tenant(self.settings.tenant)
+                record = registry.edge(self.settings.tenant, self.settings.edge_id)
+                if record is not None and not record.revoked:
+                    registry.revoke_edge(self.settings.tenant, self.settings.edge_id)
+                token = registry.create_enrollment(
+                    self.settings.tenant, self.settings.edge_id, 300, created_by="lab"
+                ).token
+            finally:
+                registry.close()
+            self._edge_cli(
+                "enroll", "--hub", f"http://127.0.0.1:{self.api_port}", "--token", token, "--force"
+            )
+
+    def rotate_edge_key(self) -> str:
+        """``cairn-edge rotate-key`` (the hub must be running); the new key's fingerprint."""
+        out = self._edge_cli("rotate-key")
+        return out.split("new key ", 1)[1].split(";", 1)[0]
+
+    def _edge_cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "edge", args[0], "--config", str(self.edge.config), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **self.edge.env},
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"cairn-edge {args[0]} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def _hub_knows_edge_key(self) -> bool:
+        key_path = self.root / "edge" / "state" / "edge.key"
+        registry_path = self.root / "hub" / "state" / "registry.sqlite3"
+        if not key_path.exists() or not registry_path.exists():
+            return False
+        registry = Registry(registry_path)
         try:
             record = registry.edge(self.settings.tenant, self.settings.edge_id)
             active = record.active_key if record is not None else None
-            if active is None or active.public_key != public_key_bytes(key):
-                registry.register(
-                    self.settings.tenant, self.settings.edge_id, public_key_bytes(key)
-                )
+            local = public_key_bytes(load_or_create_key(key_path))
+            return active is not None and active.public_key == local
         finally:
             registry.close()
 

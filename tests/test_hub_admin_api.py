@@ -274,7 +274,7 @@ async def test_platform_admin_manages_tenants_and_reads_no_data(
     tenant_routes = [r for r in ROUTES if r.role in TENANT_ROLES]
     assert len(tenant_routes) >= 10
     for route in tenant_routes:
-        path = route.path.replace("{device}", "d1").replace("{key_id}", "x")
+        path = route.path.replace("{device}", "d1").replace("{key_id}", "x").replace("{edge}", "e1")
         status, doc = await _call(client, route.method, path, root)
         assert (status, doc["error"]) == (403, "forbidden"), route.path
     # Disable: the tenant's tokens and keys are refused (401) until it is enabled again.
