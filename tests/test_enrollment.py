@@ -500,7 +500,7 @@ async def test_revoked_edge_batches_are_refused(tmp_path: Path) -> None:
             check=False,
         )
         assert done.returncode == 0, done.stderr
-        assert lab.api("/edges/edge-r")["revoked"] is True
+        await async_wait_until(lambda: lab.api("/edges/edge-r")["revoked"] is True, 10, "revoked")
         await send_fleet(fleet, lab.mosquitto.url, instants=range(5, 10), paced=False)
 
         def revoked_count() -> int:
