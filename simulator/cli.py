@@ -35,9 +35,9 @@ from typing import Any, Final, NoReturn
 from contract.errors import CairnError, ConfigError
 from simulator.fleet import Fleet, FleetSpec
 from simulator.fleetfile import load_fleet_file, preview_text
-from simulator.fleetrun import send_fleet_file
 from simulator.generators import kind_info
 from simulator.send import MODES, Ledger, send_fleet
+from simulator.watch import add_load_args, check_load_args, run_file_watched
 
 __all__ = ["build_parser", "main"]
 
@@ -148,6 +148,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     run.add_argument("--qos", type=int, choices=(0, 1), help="MQTT QoS (default 1)")
     run.add_argument("--client-id", default="cairn-sim", help="MQTT client id")
+    add_load_args(run)
     run.add_argument(
         "--start",
         type=_start_us,
@@ -282,6 +283,7 @@ def _instants(args: argparse.Namespace) -> range | None:
 
 async def _run(args: argparse.Namespace) -> int:
     _resolve_fleet_opts(args)
+    check_load_args(args)
     if args.fleet_file is not None:
         return await _run_file(args)
     instants = _instants(args)
@@ -329,29 +331,7 @@ async def _run_file(args: argparse.Namespace) -> int:
             start -= max(round(max(0, longest) * 1e6 / t.rate_hz) for t in fleet.device_types)
         args.start = max(0, start)
     fleet = fleet.with_start(args.start)
-    ledger = Ledger()
-    sender = send_fleet_file(
-        fleet,
-        args.mqtt,
-        seconds=args.duration,
-        count=args.count,
-        paced=not args.fast,
-        speed=args.speed,
-        ledger=ledger,
-        client_id=args.client_id,
-    )
-    devices = sum(t.count for t in fleet.device_types)
-    if args.count is not None:
-        what = f"{args.count:,} instants per device"
-    elif args.duration is not None:
-        what = f"{args.duration:g} s"
-    else:
-        what = "endless"
-    head = (
-        f"{args.fleet_file}: {len(fleet.device_types)} device types, {devices:,} devices, "
-        f"{what}, {'fast' if args.fast else f'paced x{args.speed:g}'}, to {args.mqtt}"
-    )
-    return await _watch(sender, ledger, head)
+    return await run_file_watched(fleet, args)
 
 
 async def _watch(coro: Coroutine[Any, Any, Ledger], ledger: Ledger, head: str) -> int:

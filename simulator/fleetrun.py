@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 from contract.errors import ConfigError
 from contract.model import Value
+from simulator.display import Progress, TransportCounts
 from simulator.fleetfile import Block, DeviceType, FleetFile
+from simulator.pacing import OpenLoop, metered
 from simulator.send import Ledger, Pacer, publish_parts
 
 __all__ = ["FilePart", "block_messages", "send_device_type", "send_fleet_file"]
@@ -133,8 +135,14 @@ async def send_device_type(
     ledger: Ledger | None = None,
     client_id: str = "cairn-sim",
     progress: Callable[[int, int], None] | None = None,
+    counts: TransportCounts | None = None,
+    done: Progress | None = None,
+    open_loop: OpenLoop | None = None,
 ) -> Ledger:
-    """Send one device type's instants (``None``: endless) over MQTT; returns the ledger."""
+    """Send one device type's instants (``None``: endless) over MQTT; returns the ledger.
+
+    ``counts``/``done`` feed the live display (``simulator.display``); ``open_loop`` paces
+    by its clock-driven schedule instead (``simulator.pacing``)."""
     if dtype.transport.kind != "mqtt":
         raise ConfigError("transport.kind", f"{dtype.transport.kind!r} cannot be sent yet")
     ledger = ledger if ledger is not None else Ledger()
@@ -144,6 +152,10 @@ async def send_device_type(
     first_ts = dtype.start_us + round(first * 1e6 / dtype.rate_hz)  # as instant_ts
     pacer = Pacer(first_ts, speed) if paced else None
     parts = ((part, part.messages()) for part in _parts(dtype, instants))
+    if open_loop is not None:
+        pacer = open_loop.pacer(first_ts)
+    if counts is not None or done is not None or open_loop is not None:
+        parts = metered(dtype, parts, counts=counts, progress=done, open_loop=open_loop)  # type: ignore[assignment]
     return await publish_parts(
         url,
         parts,
@@ -165,9 +177,15 @@ async def send_fleet_file(
     speed: float = 1.0,
     ledger: Ledger | None = None,
     client_id: str = "cairn-sim",
+    counters: dict[str, TransportCounts] | None = None,
+    done: Progress | None = None,
+    open_loop: OpenLoop | None = None,
 ) -> Ledger:
     """Send every device type concurrently: ``seconds`` of fleet time, ``count`` instants of
-    each type, or (both ``None``) forever. Returns the shared ledger."""
+    each type, or (both ``None``) forever. Returns the shared ledger.
+
+    ``counters`` (transport kind -> counts) and ``done`` feed the live display; ``open_loop``
+    paces every type on one clock-driven schedule (``simulator.pacing``)."""
     ledger = ledger if ledger is not None else Ledger()
 
     def span(t: DeviceType) -> range | None:
@@ -177,6 +195,9 @@ async def send_fleet_file(
             return range(t.instants_in(seconds))
         return None
 
+    if open_loop is not None:
+        for t in fleet.device_types:
+            open_loop.expect(t, span(t))
     async with asyncio.TaskGroup() as group:
         for t in fleet.device_types:
             group.create_task(
@@ -188,6 +209,13 @@ async def send_fleet_file(
                     speed=speed,
                     ledger=ledger,
                     client_id=f"{client_id}-{t.name}",
+                    counts=(
+                        counters.setdefault(t.transport.kind, TransportCounts())
+                        if counters is not None
+                        else None
+                    ),
+                    done=done,
+                    open_loop=open_loop,
                 ),
                 name=f"send-{t.name}",
             )
