@@ -9,6 +9,8 @@ Subcommands:
 - ``truth FLEETFILE``: every reading a fleet file emits in its first seconds, with ground-truth
   labels, as JSON lines;
 - ``plot FLEETFILE``: a PNG of a fleet file's first hours, one panel per generator;
+- ``score``, ``detect``: score a detector's flags against ground truth, run the reference
+  detector (``simulator/score.py``);
 - ``demo``, ``bench``: a whole Cairn on this machine, and its benchmark (``simulator/demo.py``,
   ``simulator/bench.py``; each defines ``add_<name>_args(parser)`` and ``main(args) -> int``,
   imported only when its subcommand is used).
@@ -36,6 +38,7 @@ from contract.errors import CairnError, ConfigError
 from simulator.fleet import Fleet, FleetSpec
 from simulator.fleetfile import load_fleet_file, preview_text
 from simulator.generators import kind_info
+from simulator.score import add_detect_args, add_score_args, detect_main, score_main
 from simulator.send import MODES, Ledger, send_fleet
 from simulator.watch import add_load_args, check_load_args, run_file_watched
 
@@ -186,6 +189,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     plot.add_argument(
         "--start", type=_start_us, default=None, help="timestamp of instant 0 (default: the file's)"
     )
+
+    score_p = sub.add_parser(
+        "score", help="precision/recall of a detector's flagged readings against ground truth"
+    )
+    add_score_args(score_p, _start_us)
+    detect_p = sub.add_parser("detect", help="run the reference outlier detector over a fleet")
+    add_detect_args(detect_p, _start_us)
 
     wanted = next((a for a in argv if a in {"run", "preview", "truth", "plot", *_PLUGINS}), None)
     for name, help_text in _PLUGINS.items():
@@ -410,6 +420,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _truth(args)
     if args.command == "plot":
         return _plot(args)
+    if args.command in {"score", "detect"}:
+        return score_main(args) if args.command == "score" else detect_main(args)
     module = _plugin(args.command)
     if module is None:
         raise _UnavailableError(args.command)
