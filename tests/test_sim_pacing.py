@@ -12,11 +12,13 @@ import pytest
 from simulator.cli import main
 from simulator.display import Progress, TransportCounts
 from simulator.fleet import reading_key
-from simulator.fleetfile import DeviceType, FleetFile, parse_fleet
-from simulator.fleetrun import FilePart
+from simulator.fleetfile import DeviceType, FleetFile, load_fleet_file, parse_fleet
+from simulator.fleetrun import FilePart, send_fleet_file
 from simulator.pacing import OpenLoop, fleet_rate, metered
 from simulator.send import Ledger
 from simulator.servers import Mosquitto
+
+ROOT = Path(__file__).resolve().parent.parent
 
 FLEET = """
 seed = 3
@@ -178,3 +180,18 @@ def test_run_at_a_target_rate_into_mosquitto(
     assert "target 2,000 readings/s" in line
     rate = float(line.split("achieved ")[1].split("/s")[0].replace(",", ""))
     assert 1500 <= rate <= 2000  # on time on this machine, or nearly
+
+
+async def test_a_run_fills_the_display_counters_and_progress(mosquitto: Mosquitto) -> None:
+    f = load_fleet_file(ROOT / "examples" / "fleets" / "site.toml")
+    counters: dict[str, TransportCounts] = {}
+    progress = Progress(total=4 * 30)  # 4 device types x 30 instants
+    ledger = await send_fleet_file(
+        f, mosquitto.url, count=30, paced=False, counters=counters, done=progress
+    )
+    expected = sum(1 for t in f.device_types for _ in t.truth(0, 30))
+    assert ledger.count == expected
+    assert list(counters) == ["mqtt"]
+    assert (counters["mqtt"].sent, counters["mqtt"].acked) == (expected, expected)
+    assert counters["mqtt"].errors == 0
+    assert progress.done == progress.total
