@@ -201,6 +201,8 @@ class OpenLoop:
         cls, fleet: FleetFile, speed: float, *, clock: MonoClock | None = None
     ) -> OpenLoop:
         """An open loop at the fleet file's own rates, ``speed`` times faster."""
+        if not (speed > 0 and speed < float("inf")):
+            raise ConfigError("speed", f"must be a positive number, not {speed}")
         return cls(speed, target_rate=fleet_rate(fleet) * speed, clock=clock)
 
     def wall(self, ts: int) -> float:

@@ -155,6 +155,8 @@ def test_open_loop_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFix
         (["run", str(path), "--target-rate", "10", "--fast"], "--fast"),
         (["run", str(path), "--target-rate", "10", "--open-loop"], "--open-loop"),
         (["run", "--target-rate", "10"], "fleet file"),
+        (["run", str(path), "--open-loop", "--speed", "0"], "speed"),
+        (["run", str(path), "--target-rate", "10", "--speed", "2"], "--speed"),
     ]
     for argv, word in cases:
         assert main(argv) == 2, argv
