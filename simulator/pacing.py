@@ -25,7 +25,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, TypeVar, cast
 
 from contract.errors import ConfigError
 from contract.model import Value
@@ -47,7 +47,7 @@ __all__ = [
 _TOLERANCE_S: Final = 0.005
 """A send due within this much is sent now (batched), and counts as on time."""
 
-_Msg = tuple[int, str, bytes, int | None]
+_M = TypeVar("_M", bound=tuple[Any, ...])
 
 
 class MonoClock(Protocol):
@@ -278,25 +278,34 @@ class _FilePartLike(LedgerPart, Protocol):
 
 def metered(
     dtype: DeviceType,
-    parts: Iterator[tuple[_FilePartLike, Iterator[_Msg]]],
+    parts: Iterator[tuple[_FilePartLike, Iterator[_M]]],
     *,
     counts: TransportCounts | None = None,
     progress: Progress | None = None,
     open_loop: OpenLoop | None = None,
-) -> Iterator[tuple[LedgerPart, Iterator[_Msg]]]:
+) -> Iterator[tuple[LedgerPart, Iterator[_M]]]:
     """A device type's parts, counted (sent and acknowledged readings into ``counts``, instants
-    done into ``progress``) and, with ``open_loop``, every message given its own due time."""
+    done into ``progress``) and, with ``open_loop``, every message given its own due time.
+
+    A message is any tuple whose first item is its index in its part and whose last is its due
+    timestamp (``None`` but on the first message of an instant): ``(msg, topic, payload, due)``
+    for MQTT, ``(msg, wire, due)`` for other transports. A part has ``start``, ``n`` and
+    ``counts`` (readings per message, set as the message is generated), as ``FilePart`` does.
+    Acknowledged readings are counted when the ledger asks the part returned here (which
+    forwards to the original) how many readings an acknowledged message carried.
+    """
     t = dtype.transport
     per_instant = dtype.count * (1 if t.payload == "json" else len(dtype.emitted_keys))
     period_us = 1e6 / dtype.rate_hz
     slot_us = period_us / max(1, per_instant)
     stats = open_loop.stats if open_loop is not None else None
 
-    def messages(part: _FilePartLike, inner: Iterator[_Msg]) -> Iterator[_Msg]:
+    def messages(part: _FilePartLike, inner: Iterator[_M]) -> Iterator[_M]:
         base: int | None = None
         j = 0
         done = 0  # instants of this part counted into progress
-        for msg, topic, payload, due in inner:
+        for m in inner:
+            msg, due = m[0], m[-1]
             n = part.counts.get(msg, 0)
             if due is not None:
                 base, j = due, 0
@@ -304,11 +313,10 @@ def metered(
                     upto = round((due - dtype.start_us) / period_us) - part.start + 1
                     progress.done += max(0, upto - done)
                     done = max(done, upto)
-            when = due
             if open_loop is not None and base is not None:
-                when = base + round(j * slot_us)
+                m = cast("_M", (*m[:-1], base + round(j * slot_us)))  # noqa: PLW2901
             j += 1
-            yield msg, topic, payload, when
+            yield m
             if counts is not None:
                 counts.sent += n
             if stats is not None:

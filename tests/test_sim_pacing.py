@@ -197,3 +197,24 @@ async def test_a_run_fills_the_display_counters_and_progress(mosquitto: Mosquitt
     assert (counters["mqtt"].sent, counters["mqtt"].acked) == (expected, expected)
     assert counters["mqtt"].errors == 0
     assert progress.done == progress.total
+
+
+def test_metered_takes_any_message_tuple_with_index_first_and_due_last() -> None:
+    """Other transports' senders yield ``(msg, wire, due)``: the same wrapper applies."""
+    f = fleet()
+    dtype = f.device_types[0]
+    loop = OpenLoop.for_rate(f, 40.0, clock=FakeClock())
+    part = FilePart(dtype, 0, 2)
+    wires = ((msg, payload, due) for msg, _topic, payload, due in part.messages())
+    counts, progress = TransportCounts(), Progress(total=2)
+    [(wrapped, messages)] = list(
+        metered(dtype, iter([(part, wires)]), counts=counts, progress=progress, open_loop=loop)
+    )
+    out = list(messages)
+    start = dtype.start_us
+    assert [m[2] for m in out] == [start + k * 250_000 for k in range(8)]  # 4 per 1 s instant
+    assert [m[0] for m in out] == list(range(8))
+    assert counts.sent == 8
+    assert progress.done == 2
+    assert wrapped.readings_in(3) == 1
+    assert counts.acked == 1
