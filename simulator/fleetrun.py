@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from contract.errors import ConfigError
@@ -83,11 +84,15 @@ class FilePart:
     counts: dict[int, int] = field(default_factory=dict)
     """Readings per message sent and not yet acknowledged."""
     acked: list[list[int]] = field(default_factory=list)
+    ready: Future[Block] | None = None
+    """The block, being generated ahead in a worker thread (see ``_prefetched``)."""
 
     def messages(self) -> Iterator[tuple[int, str, bytes, int | None]]:
-        for msg, topic, payload, due, items in block_messages(
-            self.dtype, self.dtype.block(self.start, self.n)
-        ):
+        if self.ready is not None:
+            blk, self.ready = self.ready.result(), None
+        else:
+            blk = self.dtype.block(self.start, self.n)
+        for msg, topic, payload, due, items in block_messages(self.dtype, blk):
             self.counts[msg] = len(items)
             yield msg, topic, payload, due
 
@@ -125,6 +130,24 @@ def _parts(dtype: DeviceType, instants: range | None) -> Iterator[FilePart]:
         yield FilePart(dtype, start, min(size, instants.stop - start))
 
 
+def _prefetched(parts: Iterator[FilePart]) -> Iterator[FilePart]:
+    """The parts, each one's block generated in a worker thread while the one before it is
+    sent: a large fleet's next block (seconds of work) does not stall an open-loop schedule."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="sim-block")
+    try:
+        nxt = next(parts, None)
+        while nxt is not None:
+            cur = nxt
+            if cur.ready is None:
+                cur.ready = pool.submit(cur.dtype.block, cur.start, cur.n)
+            nxt = next(parts, None)
+            if nxt is not None:
+                nxt.ready = pool.submit(nxt.dtype.block, nxt.start, nxt.n)
+            yield cur
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 async def send_device_type(
     dtype: DeviceType,
     url: str,
@@ -154,6 +177,7 @@ async def send_device_type(
     parts = ((part, part.messages()) for part in _parts(dtype, instants))
     if open_loop is not None:
         pacer = open_loop.pacer(first_ts)
+        parts = ((part, part.messages()) for part in _prefetched(_parts(dtype, instants)))
     if counts is not None or done is not None or open_loop is not None:
         parts = metered(dtype, parts, counts=counts, progress=done, open_loop=open_loop)  # type: ignore[assignment]
     return await publish_parts(

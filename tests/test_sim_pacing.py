@@ -13,7 +13,7 @@ from simulator.cli import main
 from simulator.display import Progress, TransportCounts
 from simulator.fleet import reading_key
 from simulator.fleetfile import DeviceType, FleetFile, load_fleet_file, parse_fleet
-from simulator.fleetrun import FilePart, send_fleet_file
+from simulator.fleetrun import FilePart, _prefetched, send_fleet_file
 from simulator.pacing import OpenLoop, fleet_rate, metered
 from simulator.send import Ledger
 from simulator.servers import Mosquitto
@@ -218,3 +218,13 @@ def test_metered_takes_any_message_tuple_with_index_first_and_due_last() -> None
     assert progress.done == 2
     assert wrapped.readings_in(3) == 1
     assert counts.acked == 1
+
+
+def test_prefetched_parts_send_exactly_what_plain_parts_send() -> None:
+    dtype = fleet().device_types[0]
+    plain = [list(FilePart(dtype, s, 3).messages()) for s in (0, 3, 6)]
+    ahead = [
+        list(p.messages()) for p in _prefetched(iter([FilePart(dtype, s, 3) for s in (0, 3, 6)]))
+    ]
+    assert ahead == plain
+    assert len(plain[2]) == 12
