@@ -158,14 +158,11 @@ async def send_device_type(
     ledger: Ledger | None = None,
     client_id: str = "cairn-sim",
     progress: Callable[[int, int], None] | None = None,
-    counts: TransportCounts | None = None,
-    done: Progress | None = None,
-    open_loop: OpenLoop | None = None,
+    counts: TransportCounts | None = None,  # for the live display (simulator.display)
+    done: Progress | None = None,  # instants done, for its progress bar
+    open_loop: OpenLoop | None = None,  # a clock-driven schedule (simulator.pacing)
 ) -> Ledger:
-    """Send one device type's instants (``None``: endless) over MQTT; returns the ledger.
-
-    ``counts``/``done`` feed the live display (``simulator.display``); ``open_loop`` paces
-    by its clock-driven schedule instead (``simulator.pacing``)."""
+    """Send one device type's instants (``None``: endless) over MQTT; returns the ledger."""
     if dtype.transport.kind != "mqtt":
         raise ConfigError("transport.kind", f"{dtype.transport.kind!r} cannot be sent yet")
     ledger = ledger if ledger is not None else Ledger()
