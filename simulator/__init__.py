@@ -5,6 +5,8 @@ and joins to compose), ``fleetfile`` (TOML fleet files of device types, and thei
 truth), ``mqtt_wire`` (an MQTT publisher that knows what was acknowledged), ``send`` (fleets
 over MQTT, with a ledger), ``fleetrun`` (fleet files over their transports), ``plot``,
 ``cli`` (``cairn-sim``); ``servers``, ``lab``, ``demo`` and ``bench`` run real processes.
+``pacing`` (open-loop load at a target rate), ``display`` (the live display of ``run``),
+``watch`` (a fleet file run under it) and ``score`` (detection scored against ground truth).
 """
 
 from simulator.fleet import SENSOR_KINDS, Fleet, FleetSpec, reading_key

@@ -9,6 +9,8 @@ Subcommands:
 - ``truth FLEETFILE``: every reading a fleet file emits in its first seconds, with ground-truth
   labels, as JSON lines;
 - ``plot FLEETFILE``: a PNG of a fleet file's first hours, one panel per generator;
+- ``score``, ``detect``: score a detector's flags against ground truth, run the reference
+  detector (``simulator/score.py``);
 - ``demo``, ``bench``: a whole Cairn on this machine, and its benchmark (``simulator/demo.py``,
   ``simulator/bench.py``; each defines ``add_<name>_args(parser)`` and ``main(args) -> int``,
   imported only when its subcommand is used).
@@ -35,9 +37,10 @@ from typing import Any, Final, NoReturn
 from contract.errors import CairnError, ConfigError
 from simulator.fleet import Fleet, FleetSpec
 from simulator.fleetfile import load_fleet_file, preview_text
-from simulator.fleetrun import send_fleet_file
 from simulator.generators import kind_info
+from simulator.score import add_detect_args, add_score_args, detect_main, score_main
 from simulator.send import MODES, Ledger, send_fleet
+from simulator.watch import add_load_args, check_load_args, run_file_watched
 
 __all__ = ["build_parser", "main"]
 
@@ -148,6 +151,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     run.add_argument("--qos", type=int, choices=(0, 1), help="MQTT QoS (default 1)")
     run.add_argument("--client-id", default="cairn-sim", help="MQTT client id")
+    add_load_args(run)
     run.add_argument(
         "--start",
         type=_start_us,
@@ -185,6 +189,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     plot.add_argument(
         "--start", type=_start_us, default=None, help="timestamp of instant 0 (default: the file's)"
     )
+
+    score_p = sub.add_parser(
+        "score", help="precision/recall of a detector's flagged readings against ground truth"
+    )
+    add_score_args(score_p, _start_us)
+    detect_p = sub.add_parser("detect", help="run the reference outlier detector over a fleet")
+    add_detect_args(detect_p, _start_us)
 
     wanted = next((a for a in argv if a in {"run", "preview", "truth", "plot", *_PLUGINS}), None)
     for name, help_text in _PLUGINS.items():
@@ -282,6 +293,7 @@ def _instants(args: argparse.Namespace) -> range | None:
 
 async def _run(args: argparse.Namespace) -> int:
     _resolve_fleet_opts(args)
+    check_load_args(args)
     if args.fleet_file is not None:
         return await _run_file(args)
     instants = _instants(args)
@@ -329,29 +341,7 @@ async def _run_file(args: argparse.Namespace) -> int:
             start -= max(round(max(0, longest) * 1e6 / t.rate_hz) for t in fleet.device_types)
         args.start = max(0, start)
     fleet = fleet.with_start(args.start)
-    ledger = Ledger()
-    sender = send_fleet_file(
-        fleet,
-        args.mqtt,
-        seconds=args.duration,
-        count=args.count,
-        paced=not args.fast,
-        speed=args.speed,
-        ledger=ledger,
-        client_id=args.client_id,
-    )
-    devices = sum(t.count for t in fleet.device_types)
-    if args.count is not None:
-        what = f"{args.count:,} instants per device"
-    elif args.duration is not None:
-        what = f"{args.duration:g} s"
-    else:
-        what = "endless"
-    head = (
-        f"{args.fleet_file}: {len(fleet.device_types)} device types, {devices:,} devices, "
-        f"{what}, {'fast' if args.fast else f'paced x{args.speed:g}'}, to {args.mqtt}"
-    )
-    return await _watch(sender, ledger, head)
+    return await run_file_watched(fleet, args)
 
 
 async def _watch(coro: Coroutine[Any, Any, Ledger], ledger: Ledger, head: str) -> int:
@@ -430,6 +420,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _truth(args)
     if args.command == "plot":
         return _plot(args)
+    if args.command in {"score", "detect"}:
+        return score_main(args) if args.command == "score" else detect_main(args)
     module = _plugin(args.command)
     if module is None:
         raise _UnavailableError(args.command)

@@ -12,11 +12,14 @@ import asyncio
 import itertools
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from contract.errors import CairnError
 from contract.model import Value
+from simulator.display import Progress, TransportCounts
 from simulator.fleetfile import Block, DeviceType, FleetFile
+from simulator.pacing import OpenLoop, metered
 from simulator.send import Ledger, Pacer, publish_parts
 
 __all__ = ["FilePart", "block_messages", "send_device_type", "send_fleet_file"]
@@ -81,11 +84,15 @@ class FilePart:
     counts: dict[int, int] = field(default_factory=dict)
     """Readings per message sent and not yet acknowledged."""
     acked: list[list[int]] = field(default_factory=list)
+    ready: Future[Block] | None = None
+    """The block, being generated ahead in a worker thread (see ``_prefetched``)."""
 
     def messages(self) -> Iterator[tuple[int, str, bytes, int | None]]:
-        for msg, topic, payload, due, items in block_messages(
-            self.dtype, self.dtype.block(self.start, self.n)
-        ):
+        if self.ready is not None:
+            blk, self.ready = self.ready.result(), None
+        else:
+            blk = self.dtype.block(self.start, self.n)
+        for msg, topic, payload, due, items in block_messages(self.dtype, blk):
             self.counts[msg] = len(items)
             yield msg, topic, payload, due
 
@@ -123,6 +130,24 @@ def _parts(dtype: DeviceType, instants: range | None) -> Iterator[FilePart]:
         yield FilePart(dtype, start, min(size, instants.stop - start))
 
 
+def _prefetched(parts: Iterator[FilePart]) -> Iterator[FilePart]:
+    """The parts, each one's block generated in a worker thread while the one before it is
+    sent: a large fleet's next block (seconds of work) does not stall an open-loop schedule."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="sim-block")
+    try:
+        nxt = next(parts, None)
+        while nxt is not None:
+            cur = nxt
+            if cur.ready is None:
+                cur.ready = pool.submit(cur.dtype.block, cur.start, cur.n)
+            nxt = next(parts, None)
+            if nxt is not None:
+                nxt.ready = pool.submit(nxt.dtype.block, nxt.start, nxt.n)
+            yield cur
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 async def send_device_type(
     dtype: DeviceType,
     url: str,
@@ -133,6 +158,9 @@ async def send_device_type(
     ledger: Ledger | None = None,
     client_id: str = "cairn-sim",
     progress: Callable[[int, int], None] | None = None,
+    counts: TransportCounts | None = None,  # for the live display (simulator.display)
+    done: Progress | None = None,  # instants done, for its progress bar
+    open_loop: OpenLoop | None = None,  # a clock-driven schedule (simulator.pacing)
 ) -> Ledger:
     """Send one device type's instants (``None``: endless) over MQTT; returns the ledger."""
     if dtype.transport.kind != "mqtt" or dtype.transport.payload == "senml":
@@ -155,6 +183,11 @@ async def send_device_type(
     first_ts = dtype.start_us + round(first * 1e6 / dtype.rate_hz)  # as instant_ts
     pacer = Pacer(first_ts, speed) if paced else None
     parts = ((part, part.messages()) for part in _parts(dtype, instants))
+    if open_loop is not None:
+        pacer = open_loop.pacer(first_ts)
+        parts = ((part, part.messages()) for part in _prefetched(_parts(dtype, instants)))
+    if counts is not None or done is not None or open_loop is not None:
+        parts = metered(dtype, parts, counts=counts, progress=done, open_loop=open_loop)  # type: ignore[assignment]
     return await publish_parts(
         url,
         parts,
@@ -176,9 +209,15 @@ async def send_fleet_file(
     speed: float = 1.0,
     ledger: Ledger | None = None,
     client_id: str = "cairn-sim",
+    counters: dict[str, TransportCounts] | None = None,
+    done: Progress | None = None,
+    open_loop: OpenLoop | None = None,
 ) -> Ledger:
     """Send every device type concurrently: ``seconds`` of fleet time, ``count`` instants of
-    each type, or (both ``None``) forever. Returns the shared ledger."""
+    each type, or (both ``None``) forever. Returns the shared ledger.
+
+    ``counters`` (transport kind -> counts) and ``done`` feed the live display; ``open_loop``
+    paces every type on one clock-driven schedule (``simulator.pacing``)."""
     ledger = ledger if ledger is not None else Ledger()
 
     def span(t: DeviceType) -> range | None:
@@ -188,6 +227,9 @@ async def send_fleet_file(
             return range(t.instants_in(seconds))
         return None
 
+    if open_loop is not None:
+        for t in fleet.device_types:
+            open_loop.expect(t, span(t))
     try:
         async with asyncio.TaskGroup() as group:
             for t in fleet.device_types:
@@ -200,6 +242,13 @@ async def send_fleet_file(
                         speed=speed,
                         ledger=ledger,
                         client_id=f"{client_id}-{t.name}",
+                        counts=(
+                            counters.setdefault(t.transport.kind, TransportCounts())
+                            if counters is not None
+                            else None
+                        ),
+                        done=done,
+                        open_loop=open_loop,
                     ),
                     name=f"send-{t.name}",
                 )

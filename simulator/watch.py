@@ -1,0 +1,157 @@
+"""``cairn-sim run FLEETFILE``: run a fleet file under the live display, closed or open loop.
+
+The glue between the command line (``simulator.cli``), the senders (``simulator.fleetrun``),
+the display (``simulator.display``) and open-loop pacing (``simulator.pacing``):
+:func:`run_file_watched` sends a fleet file with a display of rates per transport (and a
+progress bar when bounded), then prints what was acknowledged, and for an open-loop run
+(``--target-rate R`` or ``--open-loop``) the rate it really achieved and its lag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import signal
+import sys
+from typing import Final
+
+from contract.errors import ConfigError
+from simulator.display import Display, Progress, TransportCounts
+from simulator.fleetfile import DeviceType, FleetFile
+from simulator.fleetrun import send_fleet_file
+from simulator.pacing import LoadReport, OpenLoop, RealClock
+from simulator.send import Ledger
+
+__all__ = ["add_load_args", "check_load_args", "run_file_watched", "spans"]
+
+_PROG: Final = "cairn-sim"
+
+
+def add_load_args(run: argparse.ArgumentParser) -> None:
+    """``run``'s open-loop options."""
+    run.add_argument(
+        "--target-rate",
+        type=float,
+        help="open-loop load (fleet file): send at this many readings/s, by the clock whatever "
+        "the receiver's pace, and report the rate achieved and the lag",
+    )
+    run.add_argument(
+        "--open-loop",
+        action="store_true",
+        help="open-loop load at the fleet file's own rates (times --speed)",
+    )
+
+
+def check_load_args(args: argparse.Namespace) -> None:
+    """Refuse open-loop options that do not go together (``ConfigError``)."""
+    rate = getattr(args, "target_rate", None)
+    open_loop = getattr(args, "open_loop", False)
+    if rate is None and not open_loop:
+        return
+    flag = "--target-rate" if rate is not None else "--open-loop"
+    if args.fleet_file is None:
+        raise ConfigError("target_rate", f"{flag} needs a fleet file")
+    if args.fast:
+        raise ConfigError(
+            "fast", f"--fast does not go with {flag}: open loop is paced by the clock"
+        )
+    if rate is not None:
+        if open_loop:
+            raise ConfigError("open_loop", "--target-rate is open loop already; drop --open-loop")
+        if args.speed != 1.0:
+            raise ConfigError("speed", "--target-rate sets the time scale; drop --speed")
+        if not (math.isfinite(rate) and rate > 0):
+            raise ConfigError("target_rate", f"must be a positive number of readings/s, not {rate}")
+
+
+def spans(fleet: FleetFile, seconds: float | None, count: int | None) -> dict[str, range | None]:
+    """Each device type's instants, as ``send_fleet_file`` sends them (``None``: endless)."""
+
+    def span(t: DeviceType) -> range | None:
+        if count is not None:
+            return range(count)
+        if seconds is not None:
+            return range(t.instants_in(seconds))
+        return None
+
+    return {t.name: span(t) for t in fleet.device_types}
+
+
+async def run_file_watched(fleet: FleetFile, args: argparse.Namespace) -> int:
+    """Send ``fleet`` as ``args`` say, under the live display; print the summary."""
+    open_loop: OpenLoop | None = None
+    if args.target_rate is not None:
+        open_loop = OpenLoop.for_rate(fleet, args.target_rate)
+    elif args.open_loop:
+        open_loop = OpenLoop.at_speed(fleet, args.speed)
+    which = spans(fleet, args.duration, args.count)
+    bounded = all(s is not None for s in which.values())
+    progress = Progress(sum(len(s) for s in which.values() if s is not None)) if bounded else None
+    counters: dict[str, TransportCounts] = {
+        t.transport.kind: TransportCounts() for t in fleet.device_types
+    }
+    ledger = Ledger()
+    sender = send_fleet_file(
+        fleet,
+        args.mqtt,
+        seconds=args.duration,
+        count=args.count,
+        paced=not args.fast,
+        speed=args.speed,
+        ledger=ledger,
+        client_id=args.client_id,
+        counters=counters,
+        done=progress,
+        open_loop=open_loop,
+    )
+    devices = sum(t.count for t in fleet.device_types)
+    if args.count is not None:
+        what = f"{args.count:,} instants per device"
+    elif args.duration is not None:
+        what = f"{args.duration:g} s"
+    else:
+        what = "endless"
+    if open_loop is not None:
+        pace = f"open loop at {open_loop.target_rate:,.0f} readings/s (x{open_loop.speed:g})"
+    else:
+        pace = "fast" if args.fast else f"paced x{args.speed:g}"
+    print(
+        f"{_PROG}: {args.fleet_file}: {len(fleet.device_types)} device types, {devices:,} "
+        f"devices, {what}, {pace}, to {args.mqtt}",
+        flush=True,
+    )
+    display = Display(sys.stdout, counters, progress, live=sys.stdout.isatty())
+    clock = RealClock()
+    started = clock.now()
+    task = asyncio.create_task(sender, name="send-fleet")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    interrupted = False
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=1.0)
+            if not task.done():
+                display.tick(clock.now() - started)
+        await task
+    except asyncio.CancelledError:
+        interrupted = True
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    elapsed = clock.now() - started
+    display.tick(elapsed, final=True)
+    print(
+        f"{_PROG}: {'interrupted; ' if interrupted else ''}{ledger.messages:,} messages, "
+        f"{ledger.count:,} readings acknowledged in {elapsed:.1f}s "
+        f"({_rate(ledger.messages, elapsed)} messages, {_rate(ledger.count, elapsed)} readings)"
+    )
+    if open_loop is not None:
+        report: LoadReport = open_loop.report(ledger.count, bounded=bounded and not interrupted)
+        print(f"{_PROG}: {report.text()}")
+    return 0
+
+
+def _rate(n: float, seconds: float) -> str:
+    return f"{n / seconds:,.0f}/s" if seconds > 0 else "-"
