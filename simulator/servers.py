@@ -7,6 +7,7 @@ clients reconnect to it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -188,9 +189,19 @@ class NatsServer(_Server):
     """A nats-server with JetStream on 127.0.0.1; restarts keep the port and the store."""
 
     def __init__(
-        self, folder: Path, port: int = -1, extra_config: str = "", sync_interval: str = "always"
+        self,
+        folder: Path,
+        port: int = -1,
+        extra_config: str = "",
+        sync_interval: str = "always",
+        *,
+        authorization_include: Path | None = None,
     ) -> None:
+        """``authorization_include``: a file with the server's ``authorization`` block (the
+        hub writes one: :mod:`hub.natsauth`), included by the config and re-read on
+        :meth:`reload`."""
         self.folder = folder
+        self.authorization_include = authorization_include
         folder.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.extra_config = extra_config
@@ -200,17 +211,31 @@ class NatsServer(_Server):
         self.conf = folder / "nats.conf"
         self.log = folder / "nats.log"
         self.store = folder / "jetstream"
+        self.pid_file = folder / "nats.pid"
+        """nats-server writes its pid here (what the hub signals to reload the authorization)."""
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> Self:
-        self.conf.write_text(
+    def _config(self) -> str:
+        text = (
             f'host: "127.0.0.1"\nport: {self.port}\nlog_file: "{self.log}"\n'
+            f'pid_file: "{self.pid_file}"\n'
             f'jetstream {{ store_dir: "{self.store}", sync_interval: {self.sync_interval} }}\n'
             f"{self.extra_config}\n"
         )
+        if self.authorization_include is not None:
+            # nats-server resolves `include` against the config file's folder, even an
+            # absolute path: name the file relative to it.
+            relative = os.path.relpath(
+                self.authorization_include.absolute(), self.folder.absolute()
+            )
+            text += f"include {json.dumps(relative)}\n"
+        return text
+
+    def start(self, timeout: float = 15.0) -> Self:
+        self.conf.write_text(self._config())
         offset = self.log.stat().st_size if self.log.exists() else 0
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-c", str(self.conf)],
@@ -235,3 +260,9 @@ class NatsServer(_Server):
     def restart(self) -> Self:
         self.stop()
         return self.start()
+
+    def reload(self) -> None:
+        """SIGHUP: the server re-reads its config (the authorization include among it)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError("nats-server is not running")
+        self.proc.send_signal(signal.SIGHUP)
