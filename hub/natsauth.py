@@ -19,7 +19,8 @@ grace ends, and only when the text changed; it then makes the server reload
 (:class:`NatsReloader`: SIGHUP to the pid in ``nats.pid_file``). On reload nats-server closes
 the connections of users that are no longer listed, so a revoked edge is cut off within a
 fraction of a second and its reconnects are refused. A reload that fails (no pid file, no
-such process) is counted, logged and tried again until it works.
+such process) is counted, logged and tried again until it works. (A reload also drops the
+connections that are logging in at that moment; they reconnect at once.)
 """
 
 from __future__ import annotations
@@ -303,10 +304,13 @@ class AuthorizationManager:
             extra = self.extra_users_file.read_text(encoding="utf-8")
         return render_authorization([_hub_user(self.hub_nkey), *users], extra)
 
-    def sync(self) -> bool:
+    def sync(self, *, reload: bool = True) -> bool:
         """Write the file if its text changed, then reload the server (also when an earlier
-        reload failed); ``True`` if the file was written. Thread-safe; call it once before the
-        server starts so it finds the file."""
+        reload failed); ``True`` if the file was written. Thread-safe.
+
+        Call it with ``reload=False`` just before the server starts, so that the server finds
+        the file and is not sent a needless reload right after its start: nats-server drops
+        the connections that are still logging in when it reloads (they reconnect)."""
         with self._lock:
             text = self.render()
             try:
@@ -318,13 +322,13 @@ class AuthorizationManager:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 write_atomic(self.path, text.encode(), mode=_FILE_MODE)
                 self.writes += 1
-                self._reload_pending = True
+                self._reload_pending = self._reload_pending or reload
                 _log.info(
                     "wrote the NATS authorization (%d edge users) to %s", self.edge_users, self.path
                 )
             elif current is not None and self.path.stat().st_mode & 0o777 != _FILE_MODE:
                 self.path.chmod(_FILE_MODE)
-            if self._reload_pending and self.reloader.reload():
+            if reload and self._reload_pending and self.reloader.reload():
                 self._reload_pending = False
             return written
 

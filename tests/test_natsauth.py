@@ -23,6 +23,7 @@ import hub.ingest
 import hub.status
 from contract.backoff import Backoff
 from contract.codec import encode_batch
+from contract.errors import ConfigError
 from contract.model import Reading
 from contract.names import (
     CLOCK_SUBJECT,
@@ -42,7 +43,7 @@ from contract.natsconn import NatsIdentity, connect_nats
 from contract.nkeyid import nkey_public, nkey_seed
 from contract.signing import generate_key, public_key_bytes, sign_batch
 from hub.auth import TokenAuthority
-from hub.config import HubConfig, NatsSettings
+from hub.config import HubConfig, NatsSettings, config_from_dict
 from hub.devrevocations import DeviceRevocationPublisher
 from hub.ingest import Ingestor, ensure_stream
 from hub.natsauth import (
@@ -102,7 +103,7 @@ async def world(tmp_path: Path) -> AsyncIterator[_World]:
     w = _World(server, registry, manager, state, nkey_seed(admin).decode())
     for tenant, edge in [(T1, "a"), (T1, "b"), (T2, "a")]:
         w.enroll(tenant, edge)
-    manager.sync()  # before the server starts: it must find the file
+    manager.sync(reload=False)  # before the server starts: it reads the file then
     server.start()
     task = asyncio.create_task(manager.run())
     try:
@@ -144,18 +145,25 @@ class _Client:
 
 
 async def _refused(url: str, identity: NatsIdentity | None) -> bool:
-    """Whether the server refuses a fresh login with ``identity``."""
-    try:
-        nc = await nats.connect(
-            url,
-            allow_reconnect=False,
-            connect_timeout=5,
-            **(identity.options() if identity else {}),
-        )
-    except (nats.errors.Error, OSError) as exc:
-        return "authorization" in str(exc).lower() or isinstance(exc, nats.errors.NoServersError)
-    await nc.close()
-    return False
+    """Whether the server refuses a fresh login with ``identity`` (``False``: it admits it).
+    A login cut short by a reload of the server is tried again."""
+    for _attempt in range(5):
+        try:
+            nc = await nats.connect(
+                url,
+                allow_reconnect=False,
+                connect_timeout=5,
+                **(identity.options() if identity else {}),
+            )
+        except nats.errors.Error as exc:
+            if "authorization violation" in str(exc).lower():
+                return True
+            raise
+        except ConnectionResetError:
+            continue  # the server reloaded while this login was in flight
+        await nc.close()
+        return False
+    raise AssertionError("every login was cut short")
 
 
 async def test_an_edge_may_publish_and_subscribe_only_on_its_own_subjects(world: _World) -> None:
@@ -219,7 +227,13 @@ async def test_an_edge_may_publish_and_subscribe_only_on_its_own_subjects(world:
     sub = await enc.subscribe(command_subject(T1, "a"))
     await enc.flush()
     await anc.publish(command_subject(T1, "a"), b"cmd")
-    got.append((await sub.next_msg(timeout=5)).data)
+    try:
+        got.append((await sub.next_msg(timeout=10)).data)
+    except nats.errors.TimeoutError:
+        raise AssertionError(
+            f"no command: edge {edge.errors} {enc.is_connected}; admin {admin.errors} "
+            f"{anc.is_connected}; seen {seen}"
+        ) from None
     assert got == [b"cmd"]
     assert len(edge.violations("subscription")) == before + len(refused_subs)
     await enc.close()
@@ -266,12 +280,12 @@ async def test_the_hub_user_can_do_what_ingest_status_and_commands_need(
     ingestor = Ingestor(HubConfig(nats=NatsSettings(url=url)), store, world.registry)
     status = StatusListener(url, store)
     commands = DeviceRevocationPublisher(url, world.registry, auth, resend_s=3600)
-    tasks = [asyncio.create_task(c.run()) for c in (ingestor, status, commands)]
     edge = _Client()
+    enc = await edge.connect(url, world.identity(T1, "a"))
+    cmds = await enc.subscribe(command_subject(T1, "a"))  # before the hub sends the first
+    await enc.flush()
+    tasks = [asyncio.create_task(c.run()) for c in (ingestor, status, commands)]
     try:
-        enc = await edge.connect(url, world.identity(T1, "a"))
-        cmds = await enc.subscribe(command_subject(T1, "a"))
-        await enc.flush()
         await until(lambda: ingestor.stats.connected and status.connected, "the hub connected")
         # A signed batch through JetStream (the hub made the stream) into the store.
         body = encode_batch([Reading("d1", "temp", 1_000_000, 21.5)])
@@ -311,8 +325,7 @@ async def test_the_hub_user_can_do_what_ingest_status_and_commands_need(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if edge.nc is not None:
-            await edge.nc.close()
+        await enc.close()
         store.close()
 
 
@@ -321,7 +334,7 @@ async def test_revoking_an_edge_cuts_its_connection_within_a_second(world: _Worl
     url = world.server.url
     edge = _Client()
     other = _Client()
-    await edge.connect(
+    enc = await edge.connect(
         url, world.identity(T1, "a"), max_reconnect_attempts=-1, reconnect_time_wait=0.1
     )
     await other.connect(url, world.identity(T1, "b"))
@@ -340,12 +353,13 @@ async def test_revoking_an_edge_cuts_its_connection_within_a_second(world: _Worl
     assert world.manager.reloader.reloads == reloads + 1
     # Its reconnects are refused, so is a fresh login; the other edge stays connected.
     await until(lambda: any("authorization violation" in e for e in edge.errors), "a refusal")
-    assert not edge.nc.is_connected  # type: ignore[union-attr]
+    assert not enc.is_connected
     assert await _refused(url, world.identity(T1, "a"))
-    assert other.nc is not None and other.nc.is_connected
+    assert other.nc is not None
+    assert other.nc.is_connected
     await other.nc.flush(timeout=5)
     assert not other.disconnected.is_set()
-    await edge.nc.close()  # type: ignore[union-attr]
+    await enc.close()
     await other.nc.close()
 
 
@@ -416,7 +430,24 @@ async def test_a_reload_that_fails_is_counted_and_tried_again(tmp_path: Path) ->
 
         await until(admitted, "the edge admitted after the reload", 10)
         assert not manager.sync()
-        assert manager.writes == 2 and reloader.reloads == 1
+        assert manager.writes == 2
+        assert reloader.reloads == 1
     finally:
         server.stop()
         registry.close()
+
+
+def test_the_nats_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    raw = {
+        "hub": {"state_dir": "state"},
+        "nats": {"manage_authorization": True, "pid_file": "run/nats.pid"},
+    }
+    config = config_from_dict(raw, base=tmp_path)
+    assert config.nats.manage_authorization
+    assert config.nats.pid_file == str(tmp_path / "run" / "nats.pid")
+    assert config.nats.extra_users_file == ""
+    assert config.authorization_path == tmp_path / "state" / "nats-authorization.conf"
+    raw["nats"]["authorization_file"] = "/etc/nats/cairn.conf"
+    assert config_from_dict(raw, base=tmp_path).authorization_path == Path("/etc/nats/cairn.conf")
+    with pytest.raises(ConfigError, match=r"nats\.retired_key_login_s"):
+        config_from_dict({"nats": {"retired_key_login_s": -1}}, base=tmp_path)
