@@ -139,7 +139,7 @@ def edge_users(
     grace_us = int(login_grace_s * 1_000_000)
     users: list[NatsUser] = []
     next_change: int | None = None
-    active = {(t, e): k for t, e, k in registry.active_edges()}
+    active = {(t, e) for t, e, _key in registry.active_edges()}
     for record in registry.edges():
         if (record.tenant, record.edge) not in active:
             continue  # revoked, or its tenant is disabled
