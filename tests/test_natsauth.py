@@ -426,7 +426,7 @@ async def test_a_rotated_key_logs_in_until_its_grace_ends(world: _World) -> None
     await until(admitted, "the new key admitted", 10)
     assert not await _refused(url, old_identity)  # within the grace
     await until(lambda: _refused(url, old_identity), "the old key refused after its grace", 10)
-    assert not await _refused(url, new_identity)
+    await until(admitted, "the new key still admitted", 10)  # (a login during a reload is cut)
 
 
 async def test_a_reload_that_fails_is_counted_and_tried_again(tmp_path: Path) -> None:
