@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from contract.cli import LOG_LEVELS, run_command, setup_logging
+from contract.cli import add_log_level, run_command, setup_logging
 from hub import cli_admin, edges_cli
 from hub.auth import ROLES, TokenAuthority
 from hub.config import load_config
@@ -25,9 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_PROG, description="Cairn hub: JetStream ingest, readings store, REST API."
     )
-    parser.add_argument(
-        "--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help="log level"
-    )
+    add_log_level(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the hub until SIGTERM or SIGINT")
     run.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
