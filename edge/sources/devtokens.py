@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from contract.errors import AuthError, ConfigError
 from contract.model import valid_name
+from edge.filestamp import FileStamp, file_stamp
 
 __all__ = [
     "AUDIENCE",
@@ -127,7 +128,7 @@ def load_key(kid: str, path: Path, where: str = "key") -> VerificationKey:
 
 @dataclass
 class _FileState:
-    signature: tuple[int, int, int] | None = None
+    stamp: FileStamp | None = None
     jtis: frozenset[str] = frozenset()
     devices: frozenset[str] = frozenset()
     errors: int = 0
@@ -190,14 +191,13 @@ class RevocationList:
 
     def _read(self) -> bool:
         assert self.path is not None
-        st = self.path.stat()
-        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if signature == self._state.signature:
+        stamp = file_stamp(self.path)
+        if stamp == self._state.stamp:
             return False
         text = self.path.read_bytes().decode("utf-8", "replace")
         jtis, devices = _parse_revocations(text.splitlines(), self.path)
         changed = (jtis, devices) != (self._state.jtis, self._state.devices)
-        self._state = _FileState(signature, jtis, devices, self._state.errors)
+        self._state = _FileState(stamp, jtis, devices, self._state.errors)
         if changed:
             _log.info(
                 "revocation list %s: %d tokens and %d devices revoked",
