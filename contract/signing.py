@@ -35,11 +35,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from contract.errors import ConfigError, SignatureError
+from contract.names import (
+    HDR_CODEC,
+    HDR_COUNT,
+    HDR_EDGE,
+    HDR_MSG_ID,
+    HDR_SEQ,
+    HDR_SIGNATURE,
+    msg_id,
+)
 
 __all__ = [
     "KEY_CONFIG_NAME",
     "SIGNATURE_DOMAIN",
     "b64url",
+    "batch_headers",
     "generate_key",
     "load_or_create_key",
     "private_key_pem",
@@ -191,6 +201,33 @@ def sign_batch(
     """The ``Cairn-Sig`` header value of a batch: base64url, no padding (86 characters)."""
     signature = key.sign(signing_payload(tenant, edge, seq, codec, body))
     return b64url(signature)
+
+
+def batch_headers(
+    key: Ed25519PrivateKey,
+    tenant: str,
+    edge: str,
+    seq: int,
+    codec: int,
+    body: bytes,
+    *,
+    count: int | None = None,
+    msg: str | None = None,
+) -> dict[str, str]:
+    """The NATS headers of a signed batch, as the edge's forwarder publishes it: its
+    ``Nats-Msg-Id`` (:func:`contract.names.msg_id` with the signature, unless ``msg`` says
+    otherwise), edge, seq, codec, reading count (when given) and ``Cairn-Sig``."""
+    signature = sign_batch(key, tenant, edge, seq, codec, body)
+    headers = {
+        HDR_MSG_ID: msg or msg_id(edge, seq, tenant=tenant, signature=signature),
+        HDR_EDGE: edge,
+        HDR_SEQ: str(seq),
+        HDR_CODEC: str(codec),
+    }
+    if count is not None:
+        headers[HDR_COUNT] = str(count)
+    headers[HDR_SIGNATURE] = signature
+    return headers
 
 
 @functools.lru_cache(maxsize=4096)

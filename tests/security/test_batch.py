@@ -32,7 +32,7 @@ from contract.names import (
     msg_id,
     telemetry_subject,
 )
-from contract.signing import b64url, generate_key, public_key_bytes, sign_batch
+from contract.signing import b64url, batch_headers, generate_key, public_key_bytes, sign_batch
 from hub.config import HubConfig, NatsSettings
 from hub.ingest import Ingestor
 from hub.registry import Registry
@@ -59,15 +59,10 @@ class Edge:
 
     def headers(self, seq: int, body: bytes, *, codec: int = 1, mid: str = "") -> dict[str, str]:
         """The headers the edge's forwarder sends (``mid``: another Msg-Id)."""
-        sig = sign_batch(self.key, self.tenant, self.edge, seq, codec, body)
-        return {
-            HDR_MSG_ID: mid or msg_id(self.edge, seq, tenant=self.tenant, signature=sig),
-            HDR_EDGE: self.edge,
-            HDR_SEQ: str(seq),
-            HDR_CODEC: str(codec),
-            HDR_COUNT: str(decode_batch(body).count),
-            HDR_SIGNATURE: sig,
-        }
+        count = decode_batch(body).count
+        return batch_headers(
+            self.key, self.tenant, self.edge, seq, codec, body, count=count, msg=mid or None
+        )
 
     @property
     def subject(self) -> str:
