@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from contract.signing import b64url
 from edge.config import HttpKeySettings
 from hub.auth import DEVICE_AUDIENCE, TokenAuthority
+from tests.test_edge_http_support import claims as good_claims
 from tests.test_edge_http_support import http_edge, http_settings, raw_token
 from tests.test_edge_support import stored
 
@@ -42,20 +42,11 @@ def _ed_by_hand(header: dict[str, Any], claims: dict[str, Any], key: Ed25519Priv
 
 
 def _claims(auth: TokenAuthority, audience: str, **over: Any) -> dict[str, Any]:
-    now = int(time.time())
-    doc: dict[str, Any] = {
-        "iss": auth.issuer,
-        "aud": audience,
-        "sub": "dev-1" if audience == DEVICE_AUDIENCE else "admin@acme",
-        "tenant": VICTIM,
-        "role": "admin",
-        "iat": now,
-        "nbf": now,
-        "exp": now + 600,
-        "jti": uuid.uuid4().hex,
-    }
-    doc.update(over)
-    return {k: v for k, v in doc.items() if v is not None}
+    """Good claims of the victim tenant's admin (or device) for ``audience``, changed by
+    ``over`` (a value of ``None`` removes the claim)."""
+    sub = "dev-1" if audience == DEVICE_AUDIENCE else "admin@acme"
+    base = {"iss": auth.issuer, "aud": audience, "tenant": VICTIM, "role": "admin"}
+    return good_claims(sub, **{**base, **over})
 
 
 def _signed(auth: TokenAuthority, claims: dict[str, Any], kid: Any = "") -> str:
