@@ -31,10 +31,14 @@ def add_log_level(parser: argparse.ArgumentParser, *, top: bool = False) -> None
     )
 
 
-def add_config_option(parser: argparse.ArgumentParser, config_help: str) -> None:
-    """A subcommand's required ``--config FILE`` and its own ``--log-level``."""
-    parser.add_argument("--config", type=Path, required=True, help=config_help)
-    add_log_level(parser)
+def add_config_option(
+    parser: argparse.ArgumentParser, side: str, *, log_level: bool = True
+) -> None:
+    """A subcommand's required ``--config FILE`` (``side``: ``edge`` or ``hub``) and, with
+    ``log_level``, its own ``--log-level``."""
+    parser.add_argument("--config", type=Path, required=True, help=f"the {side}'s TOML config file")
+    if log_level:
+        add_log_level(parser)
 
 
 def setup_logging(level: str) -> None:

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the edge service until SIGTERM or SIGINT")
     status = sub.add_parser("status", help="print the buffer's counts (read-only)")
     for p in (run, status):
-        add_config_option(p, enroll_cli.CONFIG_HELP)
+        add_config_option(p, "edge")
     status.add_argument("--json", action="store_true", help="print the counts as JSON")
     enroll_cli.add_parsers(sub)
     return parser

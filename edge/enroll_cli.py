@@ -9,10 +9,9 @@ from typing import Final
 from contract.cli import add_config_option
 from edge.enroll import data_dir_of, enroll, rotate_key
 
-__all__ = ["COMMANDS", "CONFIG_HELP", "add_parsers", "command"]
+__all__ = ["COMMANDS", "add_parsers", "command"]
 
 COMMANDS: Final = frozenset({"enroll", "rotate-key"})
-CONFIG_HELP: Final = "the edge's TOML config file"
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--hub", default=None, help="the hub's API URL (default: the one it enrolled with)"
     )
     for p in (enroll_p, rotate):
-        add_config_option(p, CONFIG_HELP)
+        add_config_option(p, "edge")
 
 
 def command(args: argparse.Namespace) -> int:
