@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from contract.capin import certificate_fingerprint
+from contract.cli import add_config_option
 from hub.api_identity import DEFAULT_ENROLL_TTL_S, edge_json, merge_identity
 from hub.config import HubConfig
 from hub.registry import RegistryError
@@ -23,7 +23,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     token = sub.add_parser(
         "enroll-token", help="print a one-time enrollment token for an edge (and the CA pin)"
     )
-    token.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+    add_config_option(token, "hub", log_level=False)
     token.add_argument("--tenant", required=True, help="tenant the edge belongs to")
     token.add_argument("--edge", required=True, help="the edge's id")
     token.add_argument(
@@ -41,7 +41,7 @@ def add_edge_actions(edges_sub: argparse._SubParsersAction[argparse.ArgumentPars
         ("revoke", "revoke an edge: its batches and NATS logins are refused from now on"),
     ):
         p = edges_sub.add_parser(action, help=text)
-        p.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+        add_config_option(p, "hub", log_level=False)
         p.add_argument("--tenant", required=True, help="the edge's tenant")
         p.add_argument("--edge", required=True, help="the edge's id")
 

@@ -253,8 +253,8 @@ async def test_a_token_works_once_and_not_after_it_expired(hub: Hub, tmp_path: P
         fresh = _token(hub.registry, "acme", "edge-3")
         for body, status, slug in (
             ({"token": fresh, "public_key": "AAAA"}, 400, "bad-key"),
-            ({"token": fresh}, 400, "bad-request"),
-            ({"token": 5, "public_key": "x"}, 400, "bad-request"),
+            ({"token": fresh}, 400, "bad-parameter"),
+            ({"token": 5, "public_key": "x"}, 400, "bad-parameter"),
         ):
             resp = await http.post(hub.url + "/api/v1/enroll", json=body)
             assert resp.status == status

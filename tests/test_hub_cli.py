@@ -20,15 +20,9 @@ import pytest
 from contract.codec import encode_batch
 from contract.model import Reading
 from contract.names import (
-    HDR_CODEC,
-    HDR_EDGE,
-    HDR_MSG_ID,
-    HDR_SEQ,
-    HDR_SIGNATURE,
-    msg_id,
     telemetry_subject,
 )
-from contract.signing import generate_key, public_key_bytes, sign_batch
+from contract.signing import batch_headers, generate_key, public_key_bytes
 from hub.cli import main
 from hub.config import Synchronous, load_config
 from hub.registry import Registry
@@ -222,13 +216,7 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
         await js.publish(
             telemetry_subject("acme", edge),
             body,
-            headers={
-                HDR_MSG_ID: msg_id(edge, 1),
-                HDR_EDGE: edge,
-                HDR_SEQ: "1",
-                HDR_CODEC: "1",
-                HDR_SIGNATURE: sign_batch(key, "acme", edge, 1, 1, body),
-            },
+            headers=batch_headers(key, "acme", edge, 1, 1, body),
         )
         await nc.close()
         await until(

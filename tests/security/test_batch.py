@@ -11,7 +11,6 @@ another edge's next batch by publishing first with that batch's ``Nats-Msg-Id``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from contract.names import (
     msg_id,
     telemetry_subject,
 )
-from contract.signing import generate_key, public_key_bytes, sign_batch
+from contract.signing import b64url, batch_headers, generate_key, public_key_bytes, sign_batch
 from hub.config import HubConfig, NatsSettings
 from hub.ingest import Ingestor
 from hub.registry import Registry
@@ -60,15 +59,10 @@ class Edge:
 
     def headers(self, seq: int, body: bytes, *, codec: int = 1, mid: str = "") -> dict[str, str]:
         """The headers the edge's forwarder sends (``mid``: another Msg-Id)."""
-        sig = sign_batch(self.key, self.tenant, self.edge, seq, codec, body)
-        return {
-            HDR_MSG_ID: mid or msg_id(self.edge, seq, tenant=self.tenant, signature=sig),
-            HDR_EDGE: self.edge,
-            HDR_SEQ: str(seq),
-            HDR_CODEC: str(codec),
-            HDR_COUNT: str(decode_batch(body).count),
-            HDR_SIGNATURE: sig,
-        }
+        count = decode_batch(body).count
+        return batch_headers(
+            self.key, self.tenant, self.edge, seq, codec, body, count=count, msg=mid or None
+        )
 
     @property
     def subject(self) -> str:
@@ -116,10 +110,6 @@ def _quarantined(store: SqliteStore) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 async def test_forged_tampered_and_replayed_batches(hub: Hub, attack: AttackRecorder) -> None:
     a = _enroll(hub, "t", "edge-a")
     b = _enroll(hub, "t", "edge-b")
@@ -150,7 +140,13 @@ async def test_forged_tampered_and_replayed_batches(hub: Hub, attack: AttackReco
         attacks.append((name, subject, data, {**headers, HDR_MSG_ID: f"attack-{name}"}, {*reason}))
 
     h = a.headers(3, body)
-    add("forged signature", a.subject, body, {**h, HDR_SIGNATURE: _b64(bytes(64))}, "bad-signature")
+    add(
+        "forged signature",
+        a.subject,
+        body,
+        {**h, HDR_SIGNATURE: b64url(bytes(64))},
+        "bad-signature",
+    )
     add(
         "signed by an attacker's key",
         a.subject,
