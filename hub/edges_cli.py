@@ -11,6 +11,7 @@ from pathlib import Path
 from contract.capin import certificate_fingerprint
 from hub.api_identity import DEFAULT_ENROLL_TTL_S, edge_json, merge_identity
 from hub.config import HubConfig
+from hub.pki import ca_path
 from hub.registry import RegistryError
 from hub.service import open_registry
 from hub.store import SqliteStore
@@ -48,7 +49,7 @@ def add_edge_actions(edges_sub: argparse._SubParsersAction[argparse.ArgumentPars
 
 def ca_pem(config: HubConfig) -> bytes | None:
     """The hub's CA certificate if it has made one (``state_dir/pki/ca.pem``)."""
-    path = config.hub.state_dir / "pki" / "ca.pem"
+    path = ca_path(config)
     return path.read_bytes() if path.is_file() else None
 
 
