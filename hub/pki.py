@@ -265,6 +265,13 @@ def _own_ca(folder: Path) -> tuple[x509.Certificate, _SigningKey]:
         if not _same_public_key(ca, key):
             raise ConfigError("hub.state_dir", f"{key_path} is not the key of {cert_path}")
         return ca, key
+    if cert_path.exists():  # edges trust it: never replace it silently
+        raise ConfigError(
+            "tls.ca_cert",
+            f"{cert_path} is there without its key {key_path}: restore the key, set"
+            " tls.ca_cert to the CA's files, or move pki/ away to make a new CA (then enroll"
+            " every edge again)",
+        )
     ca, new_key = _make_ca("Cairn hub CA")
     _write(key_path, _key_pem(new_key), 0o600)  # the key first: a cert without it is useless
     _write(cert_path, _cert_pem(ca), 0o644)

@@ -576,22 +576,26 @@ def test_hub_cli_enroll_token_and_edges(tmp_path: Path) -> None:
             check=False,
         )
 
+    (tmp_path / "hub.toml").write_text(
+        '[hub]\nstate_dir = "plain"\n[tls]\napi = false\nnats = false\n'
+    )
+    done = hub_cli("enroll-token", "--tenant", "acme", "--edge", "e1", "--ttl", "60")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == "ca-pin  (none: the hub has no CA)"
+
+    # TLS on (the default): the hub's CA is made if it is not there yet, and pinned.
     (tmp_path / "hub.toml").write_text('[hub]\nstate_dir = "state"\n')
     done = hub_cli("enroll-token", "--tenant", "acme", "--edge", "e1", "--ttl", "60")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("token   ce1.")
-    assert lines[1] == "ca-pin  (none: the hub has no CA)"
     token = lines[0].split()[1]
-
-    _ca_key, ca = _ca()
-    (tmp_path / "state" / "pki").mkdir()
-    (tmp_path / "state" / "pki" / "ca.pem").write_bytes(_pem(ca))
+    pin = certificate_fingerprint((tmp_path / "state" / "pki" / "ca.pem").read_bytes())
+    assert lines[1] == f"ca-pin  {pin}"
+    assert f"--ca-pin {pin}" in done.stdout
     done = hub_cli("enroll-token", "--tenant", "acme", "--edge", "e2")
     assert done.returncode == 0, done.stderr
-    pin = certificate_fingerprint(_pem(ca))
-    assert done.stdout.splitlines()[1] == f"ca-pin  {pin}"
-    assert f"--ca-pin {pin}" in done.stdout
+    assert done.stdout.splitlines()[1] == f"ca-pin  {pin}"  # the same CA
 
     registry = Registry(tmp_path / "state" / "registry.sqlite3")
     try:

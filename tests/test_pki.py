@@ -401,3 +401,14 @@ async def test_the_hub_api_speaks_https_only_to_clients_of_its_ca(
             ssl.create_default_context(cafile=str(other.ca_cert)),
         )
     assert isinstance(info.value.reason, ssl.SSLCertVerificationError)
+
+
+def test_a_ca_that_lost_its_key_is_never_replaced_silently(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    made = ensure_pki(config)
+    (tmp_path / "state" / "pki" / "ca.key").unlink()
+    before = made.ca_cert.read_bytes()
+    with pytest.raises(ConfigError) as info:
+        ensure_pki(config)
+    assert "without its key" in info.value.problem
+    assert made.ca_cert.read_bytes() == before  # the edges' trust anchor is untouched
