@@ -42,6 +42,7 @@ __all__ = [
     "pki_dir",
     "read_pki",
     "server_ssl_context",
+    "site_tls_files",
 ]
 
 CA_VALIDITY: Final = dt.timedelta(days=3650)
@@ -242,6 +243,31 @@ def _issue_server(
     return cert, key
 
 
+def _issue_into(
+    ca: x509.Certificate,
+    ca_key: _SigningKey,
+    common_name: str,
+    hostnames: tuple[str, ...],
+    where: ServerCert,
+) -> None:
+    cert, key = _issue_server(ca, ca_key, common_name, hostnames)
+    _write(where.key, _key_pem(key), 0o600)  # the key first: a cert without it is useless
+    _write(where.cert, _cert_pem(cert), 0o644)
+
+
+def site_tls_files(
+    folder: Path, name: str, hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+) -> tuple[Path, Path, Path]:
+    """``(ca.pem, <name>.pem, <name>.key)`` in ``folder``: a CA of its own and a server
+    certificate from it for ``hostnames``, made once (a site's MQTT broker in the lab)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca, ca_key = _own_ca(folder)
+    server = ServerCert(folder / f"{name}.pem", folder / f"{name}.key", issued=True)
+    if _needs_new(server.cert, ca, hostnames) or not server.key.exists():
+        _issue_into(ca, ca_key, name, hostnames, server)
+    return folder / "ca.pem", server.cert, server.key
+
+
 def _needs_new(path: Path, ca: x509.Certificate, hostnames: tuple[str, ...]) -> bool:
     """A hub-issued certificate that is missing, unreadable, expiring, for other names, or
     not from ``ca``."""
@@ -341,9 +367,7 @@ def ensure_pki(config: HubConfig) -> HubPki:
             raise ConfigError(f"tls.{name}_cert", "needed: the hub has no CA key to issue one")
         issued = ServerCert(folder / f"{name}.pem", folder / f"{name}.key", issued=True)
         if _needs_new(issued.cert, ca, tls.hostnames) or not issued.key.exists():
-            cert, key = _issue_server(ca, ca_key, f"cairn-hub {name}", tls.hostnames)
-            _write(issued.key, _key_pem(key), 0o600)
-            _write(issued.cert, _cert_pem(cert), 0o644)
+            _issue_into(ca, ca_key, f"cairn-hub {name}", tls.hostnames, issued)
         servers[name] = issued
     return HubPki(
         ca_cert=ca_path(config),

@@ -55,7 +55,7 @@ async def _run(args: argparse.Namespace) -> int:
     root = args.dir.resolve()
     if root.exists() and not args.keep:
         shutil.rmtree(root)
-    settings = LabSettings(tenant="demo", edge_id="edge-1")
+    settings = LabSettings(tenant="demo", edge_id="edge-1", mqtt_tls=True)
     lab = Lab(root, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,7 +92,14 @@ async def _run(args: argparse.Namespace) -> int:
         )
         ledger = Ledger()
         sender = asyncio.create_task(
-            send_fleet(fleet, lab.mosquitto.url, instants=None, paced=True, ledger=ledger)
+            send_fleet(
+                fleet,
+                lab.mosquitto.url,
+                instants=None,
+                paced=True,
+                ledger=ledger,
+                tls=lab.mqtt_tls_context,
+            )
         )
         started = time.monotonic()
         tty = sys.stdout.isatty()

@@ -32,7 +32,7 @@ from contract.signing import load_or_create_key, public_key_bytes
 from hub.api import make_app
 from hub.api_identity import NATS_URL
 from hub.config import load_config
-from hub.pki import api_tls, ensure_pki
+from hub.pki import api_tls, ensure_pki, site_tls_files
 from hub.registry import Registry
 from hub.service import authority, open_registry
 from hub.store import SqliteStore
@@ -68,6 +68,10 @@ class LabSettings:
     tls: bool = True
     """TLS on NATS and the hub API, with the CA the hub makes (``[tls]`` of the hub): the
     edge enrolls over HTTPS trusting that CA and reaches NATS over TLS."""
+    mqtt_tls: bool = False
+    """Mosquitto listens with TLS (``mqtts://``, a site CA of its own under
+    ``root/mosquitto/tls``): the edge's MQTT source and senders given
+    :attr:`Lab.mqtt_tls_context` verify it."""
 
 
 class ManagedProcess:
@@ -212,7 +216,12 @@ class Lab:
         self.root = root
         self.settings = settings or LabSettings()
         root.mkdir(parents=True, exist_ok=True)
-        self.mosquitto = Mosquitto(root / "mosquitto")
+        site_tls = (
+            site_tls_files(root / "mosquitto" / "tls", "mosquitto")
+            if self.settings.mqtt_tls
+            else None
+        )
+        self.mosquitto = Mosquitto(root / "mosquitto", tls=site_tls)
         pki = root / "hub" / "state" / "pki"
         self.ca_file = pki / "ca.pem"
         """The hub's CA (made by :meth:`start`), which the edge, NATS clients and API clients
@@ -276,7 +285,8 @@ class Lab:
             "[[mqtt]]\n"
             'name = "mqtt"\n'
             f'url = "{self.mosquitto.url}"\n'
-            f"receive_maximum = {s.receive_maximum}\n"
+            + (f'ca_file = "{self.mosquitto.tls[0]}"\n' if self.mosquitto.tls else "")
+            + f"receive_maximum = {s.receive_maximum}\n"
             f"topics = [\n  {topics},\n]\n" + s.extra_edge_toml
         )
 
@@ -408,6 +418,14 @@ class Lab:
         if not self.settings.tls:
             return None
         return ssl.create_default_context(cafile=str(self.ca_file))
+
+    @property
+    def mqtt_tls_context(self) -> ssl.SSLContext | None:
+        """Trusts the site broker's CA (``None`` when Mosquitto runs without TLS): pass it as
+        ``send_fleet(..., tls=lab.mqtt_tls_context)``."""
+        if self.mosquitto.tls is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.mosquitto.tls[0]))
 
     @property
     def nats_identity(self) -> NatsIdentity:
