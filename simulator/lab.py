@@ -249,6 +249,7 @@ class Lab:
         self.hub.env = dict(self.settings.env)
         self.edge.env = dict(self.settings.env)
         self._token: str | None = None
+        self._api_ssl: ssl.SSLContext | None = None
         self.edge_nats_url: str | None = None
         """Where the edge finds NATS, if not at ``nats.url`` (a fault proxy in between)."""
 
@@ -417,7 +418,9 @@ class Lab:
         """Trusts the hub's CA (``None`` when TLS is off): for clients of :attr:`api_url`."""
         if not self.settings.tls:
             return None
-        return ssl.create_default_context(cafile=str(self.ca_file))
+        if self._api_ssl is None:  # made once: the CA stays (polls call this often)
+            self._api_ssl = ssl.create_default_context(cafile=str(self.ca_file))
+        return self._api_ssl
 
     @property
     def mqtt_tls_context(self) -> ssl.SSLContext | None:
