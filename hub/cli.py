@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from contract.cli import add_config_option, add_log_level, run_command, setup_logging
-from hub import cli_admin, edges_cli
+from hub import cli_admin, edges_cli, pki_cli
 from hub.auth import ROLES, TokenAuthority
 from hub.config import load_config
 from hub.service import authority, run_hub
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     tenants_sub = tenants.add_subparsers(dest="action", required=True, metavar="ACTION")
     tenants_list = tenants_sub.add_parser("list", help="list tenants")
     add_config_option(tenants_list, "hub", log_level=False)
+    pki_cli.add_parsers(sub)
     cli_admin.add_parsers(sub, token_sub, tenants_sub)  # tenants, api-keys, token revoke
     return parser
 
@@ -79,6 +80,8 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "token":
         print(_token(authority(config), args))
         return 0
+    if args.command == "pki":
+        return pki_cli.command(config, args)
     if args.command in {"edges", "enroll-token"}:
         return edges_cli.command(config, args)
     store = SqliteStore(config.hub.store_path, readonly=True)

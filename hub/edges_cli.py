@@ -11,6 +11,7 @@ from contract.capin import certificate_fingerprint
 from contract.cli import add_config_option
 from hub.api_identity import DEFAULT_ENROLL_TTL_S, edge_json, merge_identity
 from hub.config import HubConfig
+from hub.pki import ca_path, ensure_pki
 from hub.registry import RegistryError
 from hub.service import open_registry
 from hub.store import SqliteStore
@@ -48,7 +49,7 @@ def add_edge_actions(edges_sub: argparse._SubParsersAction[argparse.ArgumentPars
 
 def ca_pem(config: HubConfig) -> bytes | None:
     """The hub's CA certificate if it has made one (``state_dir/pki/ca.pem``)."""
-    path = config.hub.state_dir / "pki" / "ca.pem"
+    path = ca_path(config)
     return path.read_bytes() if path.is_file() else None
 
 
@@ -59,6 +60,8 @@ def command(config: HubConfig, args: argparse.Namespace) -> int:
         if args.command == "enroll-token":
             registry.ensure_tenant(args.tenant)
             enrollment = registry.create_enrollment(args.tenant, args.edge, args.ttl)
+            if config.tls.api or config.tls.nats:
+                ensure_pki(config)  # the CA the hub will present: its pin goes to the edge
             pem = ca_pem(config)
             print(f"token   {enrollment.token}")
             print(f"ca-pin  {certificate_fingerprint(pem) if pem else '(none: the hub has no CA)'}")

@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final, Self
 
 from contract.errors import CairnError
 
-__all__ = ["MqttError", "MqttPublisher", "parse_mqtt_url"]
+__all__ = ["MqttError", "MqttPublisher", "mqtt_ssl_context", "parse_mqtt_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +53,19 @@ class MqttError(CairnError):
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """``mqtt://host[:port]`` (or ``host[:port]``) -> ``(host, port)``; port 1883 by default."""
-    rest = url.removeprefix("mqtt://").rstrip("/")
+    """``mqtt://host[:port]`` (or ``host[:port]``) -> ``(host, port)``; port 1883 by default
+    (``mqtts://`` - TLS, see :func:`mqtt_ssl_context` - 8883)."""
+    default = 8883 if url.startswith("mqtts://") else 1883
+    rest = url.removeprefix("mqtt://").removeprefix("mqtts://").rstrip("/")
     if "://" in rest:
-        raise MqttError(f"unsupported URL {url!r} (only mqtt://host:port)")
+        raise MqttError(f"unsupported URL {url!r} (only mqtt:// or mqtts://host:port)")
     if rest.startswith("["):  # [::1]:1883
         host, _, tail = rest[1:].partition("]")
         port_text = tail.removeprefix(":")
     else:
         host, _, port_text = rest.partition(":")
     try:
-        port = int(port_text) if port_text else 1883
+        port = int(port_text) if port_text else default
     except ValueError:
         raise MqttError(f"bad port in {url!r}") from None
     if not host or not 0 < port < 65536:
@@ -103,6 +107,14 @@ class _Protocol(asyncio.Protocol):
         self.owner._wake()  # noqa: SLF001
 
 
+def mqtt_ssl_context(url: str, ca_file: str | Path | None = None) -> ssl.SSLContext | None:
+    """TLS for an ``mqtts://`` URL (verified against ``ca_file``, else the system's CAs);
+    ``None`` for ``mqtt://``."""
+    if not url.startswith("mqtts://"):
+        return None
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
 class MqttPublisher:
     """One MQTT 3.1.1 client connection that publishes and counts acknowledgements.
 
@@ -120,7 +132,9 @@ class MqttPublisher:
         keepalive: int = 60,
         max_in_flight: int = 2000,
         connect_timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: speak TLS to the broker (verified by that context)."""
         if not 1 <= max_in_flight <= 65535:
             raise ValueError("max_in_flight must be in 1..65535 (packet ids are 16 bits)")
         if not 0 <= keepalive <= 65535:
@@ -131,6 +145,7 @@ class MqttPublisher:
         self.keepalive = keepalive
         self.max_in_flight = max_in_flight
         self.connect_timeout = connect_timeout
+        self.tls = tls
         self.sent = 0
         self.acked = 0
         self._pending: dict[int, object] = {}
@@ -173,11 +188,15 @@ class MqttPublisher:
         loop = asyncio.get_running_loop()
         self._connack = loop.create_future()
         self._lost = loop.create_future()
-        where = f"mqtt://{self.host}:{self.port}"
+        where = f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
         try:
             async with asyncio.timeout(self.connect_timeout):
                 transport, _ = await loop.create_connection(
-                    lambda: _Protocol(self), self.host, self.port
+                    lambda: _Protocol(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host if self.tls else None,
                 )
                 self._transport = transport
                 transport.write(packet)

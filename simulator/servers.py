@@ -188,8 +188,17 @@ class NatsServer(_Server):
     """A nats-server with JetStream on 127.0.0.1; restarts keep the port and the store."""
 
     def __init__(
-        self, folder: Path, port: int = -1, extra_config: str = "", sync_interval: str = "always"
+        self,
+        folder: Path,
+        port: int = -1,
+        extra_config: str = "",
+        sync_interval: str = "always",
+        *,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
+        """``tls`` = (CA file, server certificate, server key) makes the server require TLS
+        (clients then connect to :attr:`url`, ``tls://``, trusting that CA)."""
+        self.tls = tls
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = port
@@ -203,13 +212,13 @@ class NatsServer(_Server):
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> Self:
         self.conf.write_text(
             f'host: "127.0.0.1"\nport: {self.port}\nlog_file: "{self.log}"\n'
             f'jetstream {{ store_dir: "{self.store}", sync_interval: {self.sync_interval} }}\n'
-            f"{self.extra_config}\n"
+            f"{self.extra_config}\n{self._tls_block()}"
         )
         offset = self.log.stat().st_size if self.log.exists() else 0
         self.proc = subprocess.Popen(
@@ -231,6 +240,12 @@ class NatsServer(_Server):
             time.sleep(0.02)
         self.kill()
         raise TimeoutError(f"nats-server not ready after {timeout}s; see {self.log}")
+
+    def _tls_block(self) -> str:
+        if self.tls is None:
+            return ""
+        ca, cert, key = self.tls
+        return f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca}", timeout: 5 }}\n'
 
     def restart(self) -> Self:
         self.stop()

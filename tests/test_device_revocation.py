@@ -82,6 +82,7 @@ async def _hub(tmp_path: Path, nats_url: str) -> AsyncIterator[Site]:
     (hub_dir / "hub.toml").write_text(
         f'[hub]\nstate_dir = "state"\n[nats]\nurl = "{nats_url}"\n'
         '[api]\nlisten = "127.0.0.1:0"\n[auth]\ndevice_revocations_resend_s = 2\n'
+        "[tls]\napi = false\nnats = false\n"  # TLS: tests/test_pki.py and the Lab tests
     )
     config = load_hub_config(hub_dir / "hub.toml")
     auth = authority(config)

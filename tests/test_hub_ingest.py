@@ -21,7 +21,7 @@ from contract.names import (
     telemetry_subject,
 )
 from contract.signing import batch_headers, generate_key, public_key_bytes
-from hub.config import HubConfig, NatsSettings
+from hub.config import HubConfig, NatsSettings, TlsSettings
 from hub.ingest import Ingestor
 from hub.registry import Registry
 from hub.store import SqliteStore
@@ -63,7 +63,9 @@ class _Hub:
         self.ingestor: Ingestor | None = None
 
     def start(self) -> None:
-        self.ingestor = Ingestor(HubConfig(nats=self.settings), self.store, self.registry)
+        plain = TlsSettings(nats=False)  # TLS to NATS: tests/test_pki.py and the Lab tests
+        config = HubConfig(nats=self.settings, tls=plain)
+        self.ingestor = Ingestor(config, self.store, self.registry)
         self.task = asyncio.create_task(self.ingestor.run())
 
     async def stop(self) -> None:

@@ -107,7 +107,7 @@ async def test_rotation_with_a_backlog_loses_nothing_and_retires_the_old_key(
         await until(lambda: time.time() * 1e6 > retired_us + GRACE_S * 1e6, "the grace to end", 10)
         body = encode_batch([Reading("intruder", "temp", 1_000_000, 1.0)])
         seq = 10**9
-        nc = await nats.connect(lab.nats.url)
+        nc = await nats.connect(lab.nats.url, **lab.nats_identity.options())
         try:
             await nc.jetstream(timeout=10).publish(
                 telemetry_subject(TENANT, EDGE),

@@ -19,6 +19,7 @@ from pathlib import Path
 import nats
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nats.aio.client import Client as NatsClient
 
 from contract.codec import decode_batch, encode_batch
 from contract.model import Reading
@@ -32,12 +33,12 @@ from contract.names import (
     msg_id,
     telemetry_subject,
 )
+from contract.natsconn import NatsIdentity
 from contract.signing import b64url, batch_headers, generate_key, public_key_bytes, sign_batch
-from hub.config import HubConfig, NatsSettings
 from hub.ingest import Ingestor
 from hub.registry import Registry
 from hub.store import SqliteStore
-from simulator.servers import NatsServer
+from tests.pki_helpers import tls_nats
 from tests.polling import stream_exists, until
 
 from .conftest import AttackRecorder
@@ -75,23 +76,28 @@ class Hub:
     registry: Registry
     ingestor: Ingestor
     url: str
+    identity: NatsIdentity
+    """TLS towards the hub's CA: the attacks run on the secure path."""
+
+    async def connect(self) -> NatsClient:
+        return await nats.connect(self.url, **self.identity.options())
 
 
 @pytest.fixture
-async def hub(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Hub]:
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     store = SqliteStore(tmp_path / "store.sqlite3")
     registry = Registry(tmp_path / "registry.sqlite3")
-    settings = NatsSettings(url=nats_server.url, fetch_batch=16)
-    ingestor = Ingestor(HubConfig(nats=settings), store, registry)
-    task = asyncio.create_task(ingestor.run())
-    try:
-        await until(lambda: ingestor.stats.connected, "hub connected", 20)
-        yield Hub(store, registry, ingestor, nats_server.url)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        store.close()
-        registry.close()
+    with tls_nats(tmp_path, fetch_batch=16) as site:
+        ingestor = Ingestor(site.config, store, registry)
+        task = asyncio.create_task(ingestor.run())
+        try:
+            await until(lambda: ingestor.stats.connected, "hub connected", 20)
+            yield Hub(store, registry, ingestor, site.server.url, site.identity)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            store.close()
+            registry.close()
 
 
 def _enroll(hub: Hub, tenant: str, edge: str) -> Edge:
@@ -121,7 +127,7 @@ async def test_forged_tampered_and_replayed_batches(hub: Hub, attack: AttackReco
     stranger = Edge("t", "edge-x", generate_key())  # never enrolled
     mallory = generate_key()
 
-    nc = await nats.connect(hub.url)
+    nc = await hub.connect()
     js = nc.jetstream(timeout=10)
     await until(lambda: stream_exists(js), "the stream", 20)
 
@@ -266,7 +272,7 @@ async def test_an_edge_cannot_squat_another_edges_msg_id(hub: Hub, attack: Attac
     victim = _enroll(hub, "t", "edge-v")
     twin = _enroll(hub, "u", "edge-v")  # another tenant's edge of the same name
     neighbour = _enroll(hub, "t", "edge-n")
-    nc = await nats.connect(hub.url)
+    nc = await hub.connect()
     js = nc.jetstream(timeout=10)
     await until(lambda: stream_exists(js), "the stream", 20)
     body = _body("edge-v", 1)
