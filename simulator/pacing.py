@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar, cast
 
 from contract.errors import ConfigError
-from contract.model import Value
 from simulator.display import Progress, TransportCounts
 from simulator.fleetfile import DeviceType, FleetFile
-from simulator.send import LedgerPart, Pacer
+from simulator.send import Pacer
+from simulator.transports import messages_per_instant
 
 __all__ = [
     "LoadReport",
@@ -42,12 +42,15 @@ __all__ = [
     "RealClock",
     "fleet_rate",
     "metered",
+    "transport_lines",
+    "transport_rates",
 ]
 
 _TOLERANCE_S: Final = 0.005
 """A send due within this much is sent now (batched), and counts as on time."""
 
 _M = TypeVar("_M", bound=tuple[Any, ...])
+_P = TypeVar("_P", bound="_PartLike")
 
 
 class MonoClock(Protocol):
@@ -72,6 +75,15 @@ def fleet_rate(fleet: FleetFile) -> float:
     """The fleet's nominal readings per second: every emitted sensor of every device at its
     rate (dropouts make the real rate a little lower)."""
     return sum(t.count * t.rate_hz * len(t.emitted_keys) for t in fleet.device_types)
+
+
+def transport_rates(fleet: FleetFile) -> dict[str, float]:
+    """:func:`fleet_rate` per transport kind (``"mqtt"``, ``"serial"``...), in file order."""
+    out: dict[str, float] = {}
+    for t in fleet.device_types:
+        kind = t.transport.kind
+        out[kind] = out.get(kind, 0.0) + t.count * t.rate_hz * len(t.emitted_keys)
+    return out
 
 
 @dataclass(frozen=True)
@@ -250,57 +262,37 @@ class OpenLoopPacer(Pacer):
         stats.record(due, now, loop.tolerance_s)
 
 
-class _CountedPart:
-    """A ledger part that also counts its acknowledged readings into a transport's counters."""
-
-    def __init__(self, part: LedgerPart, counts: TransportCounts) -> None:
-        self.part = part
-        self.counts = counts
-
-    def readings_in(self, msg: int) -> int:
-        n = self.part.readings_in(msg)
-        self.counts.acked += n
-        return n
-
-    def record(self, msg: int) -> None:
-        self.part.record(msg)
-
-    def items(self) -> Iterator[tuple[str, str, int, Value]]:
-        return self.part.items()
-
-
-class _FilePartLike(LedgerPart, Protocol):
+class _PartLike(Protocol):
     start: int
     n: int
     counts: dict[int, int]
-    """Readings per message, set when the message is generated (``FilePart.counts``)."""
+    """Readings per message, set when the message is generated (``Part.counts``)."""
 
 
 def metered(
     dtype: DeviceType,
-    parts: Iterator[tuple[_FilePartLike, Iterator[_M]]],
+    parts: Iterator[tuple[_P, Iterator[_M]]],
     *,
     counts: TransportCounts | None = None,
     progress: Progress | None = None,
     open_loop: OpenLoop | None = None,
-) -> Iterator[tuple[LedgerPart, Iterator[_M]]]:
-    """A device type's parts, counted (sent and acknowledged readings into ``counts``, instants
-    done into ``progress``) and, with ``open_loop``, every message given its own due time.
+) -> Iterator[tuple[_P, Iterator[_M]]]:
+    """A device type's parts, counted (sent readings into ``counts``, instants done into
+    ``progress``) and, with ``open_loop``, every message given its own due time.
 
     A message is any tuple whose first item is its index in its part and whose last is its due
-    timestamp (``None`` but on the first message of an instant): ``(msg, topic, payload, due)``
-    for MQTT, ``(msg, wire, due)`` for other transports. A part has ``start``, ``n`` and
-    ``counts`` (readings per message, set as the message is generated), as ``FilePart`` does.
-    Acknowledged readings are counted when the ledger asks the part returned here (which
-    forwards to the original) how many readings an acknowledged message carried.
+    timestamp (``None`` but on the first message of an instant): ``(msg, wire, due)`` from
+    ``Part.wires`` for every transport. A part has ``start``, ``n`` and ``counts`` (readings
+    per message, set as the message is generated), as ``simulator.transports.Part`` has.
+    Acknowledged readings are counted by the sender's acknowledgement (``counts.acked``, in
+    ``simulator.fleetrun.send_device_type``), not here.
     """
-    t = dtype.transport
-    per_instant = dtype.count * (1 if t.payload == "json" else len(dtype.emitted_keys))
+    per_instant = messages_per_instant(dtype)
     period_us = 1e6 / dtype.rate_hz
     slot_us = period_us / max(1, per_instant)
     stats = open_loop.stats if open_loop is not None else None
 
-    def messages(part: _FilePartLike, inner: Iterator[_M]) -> Iterator[_M]:
+    def messages(part: _P, inner: Iterator[_M]) -> Iterator[_M]:
         base: int | None = None
         j = 0
         done = 0  # instants of this part counted into progress
@@ -325,5 +317,26 @@ def metered(
             progress.done += part.n - done
 
     for part, inner in parts:
-        ledger_part: LedgerPart = part if counts is None else _CountedPart(part, counts)
-        yield ledger_part, messages(part, inner)
+        yield part, messages(part, inner)
+
+
+def transport_lines(
+    report: LoadReport, counts: Mapping[str, TransportCounts], targets: Mapping[str, float]
+) -> list[str]:
+    """What each transport achieved over the run's window: readings sent and acknowledged per
+    second against its share of the target (``targets``: nominal readings/s per kind, times
+    the run's speed), with the totals."""
+    lines = []
+    w = report.window_s
+    for kind in sorted(counts):
+        c = counts[kind]
+        target = targets.get(kind, 0.0)
+        sent = c.sent / w if w > 0 else 0.0
+        acked = c.acked / w if w > 0 else 0.0
+        ratio = f" ({sent / target:.1%} of target)" if target > 0 else ""
+        lines.append(
+            f"  {kind:<7} target {target:,.0f}/s, achieved {sent:,.0f}/s sent{ratio}, "
+            f"{acked:,.0f}/s acknowledged; {c.sent:,} readings sent, {c.acked:,} acknowledged, "
+            f"{c.errors:,} errors"
+        )
+    return lines

@@ -20,10 +20,11 @@ from contract.errors import ConfigError
 from simulator.display import Display, Progress, TransportCounts
 from simulator.fleetfile import DeviceType, FleetFile
 from simulator.fleetrun import send_fleet_file
-from simulator.pacing import LoadReport, OpenLoop, RealClock
+from simulator.pacing import LoadReport, OpenLoop, RealClock, transport_lines, transport_rates
 from simulator.send import Ledger
+from simulator.transports import destination
 
-__all__ = ["add_load_args", "check_load_args", "run_file_watched", "spans"]
+__all__ = ["add_load_args", "check_load_args", "destinations", "run_file_watched", "spans"]
 
 _PROG: Final = "cairn-sim"
 
@@ -78,8 +79,19 @@ def spans(fleet: FleetFile, seconds: float | None, count: int | None) -> dict[st
     return {t.name: span(t) for t in fleet.device_types}
 
 
-async def run_file_watched(fleet: FleetFile, args: argparse.Namespace) -> int:
-    """Send ``fleet`` as ``args`` say, under the live display; print the summary."""
+def destinations(fleet: FleetFile, mqtt_url: str) -> str:
+    """Where each transport goes, for the header: ``mqtt mqtt://..., serial /dev/...``."""
+    seen: dict[tuple[str, str], None] = {}
+    for t in fleet.device_types:
+        seen[(t.transport.kind, destination(t, mqtt_url))] = None
+    return ", ".join(f"{kind} {where}" for kind, where in seen)
+
+
+async def run_file_watched(
+    fleet: FleetFile, args: argparse.Namespace, *, ledger: Ledger | None = None
+) -> int:
+    """Send ``fleet`` as ``args`` say, under the live display; print the summary (and, open
+    loop, the rate achieved overall and per transport). ``ledger``: filled, if given."""
     open_loop: OpenLoop | None = None
     if args.target_rate is not None:
         open_loop = OpenLoop.for_rate(fleet, args.target_rate)
@@ -91,7 +103,7 @@ async def run_file_watched(fleet: FleetFile, args: argparse.Namespace) -> int:
     counters: dict[str, TransportCounts] = {
         t.transport.kind: TransportCounts() for t in fleet.device_types
     }
-    ledger = Ledger()
+    ledger = ledger if ledger is not None else Ledger()
     sender = send_fleet_file(
         fleet,
         args.mqtt,
@@ -118,7 +130,7 @@ async def run_file_watched(fleet: FleetFile, args: argparse.Namespace) -> int:
         pace = "fast" if args.fast else f"paced x{args.speed:g}"
     print(
         f"{_PROG}: {args.fleet_file}: {len(fleet.device_types)} device types, {devices:,} "
-        f"devices, {what}, {pace}, to {args.mqtt}",
+        f"devices, {what}, {pace}, to {destinations(fleet, args.mqtt)}",
         flush=True,
     )
     display = Display(sys.stdout, counters, progress, live=sys.stdout.isatty())
@@ -150,6 +162,9 @@ async def run_file_watched(fleet: FleetFile, args: argparse.Namespace) -> int:
     if open_loop is not None:
         report: LoadReport = open_loop.report(ledger.count, bounded=bounded and not interrupted)
         print(f"{_PROG}: {report.text()}")
+        targets = {k: r * open_loop.speed for k, r in transport_rates(fleet).items()}
+        for line in transport_lines(report, counters, targets):
+            print(f"{_PROG}: {line}")
     return 0
 
 
