@@ -16,8 +16,8 @@ import asyncio
 import itertools
 import json
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from contract.errors import CairnError
 from contract.model import Value
@@ -26,9 +26,9 @@ from simulator.encoders import Wire
 from simulator.fleetfile import Block, DeviceType, FleetFile
 from simulator.pacing import OpenLoop, metered
 from simulator.send import Ledger, Pacer
-from simulator.transports import Part, WirePart, batch_of, encoder_for, sender_for
+from simulator.transports import Part, WirePart, batch_of, block_rows, encoder_for, sender_for
 
-__all__ = ["FilePart", "block_messages", "send_device_type", "send_fleet_file"]
+__all__ = ["FilePart", "block_messages", "send_device_type", "send_fleet_file", "spans"]
 
 _Item = tuple[str, str, int, Value]
 _Message = tuple[int, str, bytes, int | None, list[_Item]]
@@ -49,14 +49,8 @@ def block_messages(dtype: DeviceType, blk: Block) -> Iterator[_Message]:
     sends no message.
     """
     t = dtype.transport
-    stamps = [ts.tolist() for ts in blk.ts_us]
-    nominal = blk.nominal_us.tolist()
     devices = dtype.device_ids
-    # per device: (key, values, emitted) of each stream, as plain lists (fast to index)
-    streams = [
-        [(key, blk.values[d][key], col.emitted.tolist()) for key, col in blk.columns[d].items()]
-        for d in range(len(devices))
-    ]
+    stamps, nominal, streams = block_rows(blk)
     msg = 0
     for k in range(blk.n):
         due: int | None = nominal[k]
@@ -84,13 +78,6 @@ def block_messages(dtype: DeviceType, blk: Block) -> Iterator[_Message]:
 class FilePart(Part):
     """One block of a device type's MQTT JSON or value messages (:func:`block_messages`)."""
 
-    dtype: DeviceType
-    start: int
-    n: int
-    counts: dict[int, int] = field(default_factory=dict)
-    acked: list[list[int]] = field(default_factory=list)
-    ready: Future[Block] | None = None
-
     def _messages(self, blk: Block) -> Iterator[tuple[int, Wire, int | None]]:
         for msg, topic, payload, due, items in block_messages(self.dtype, blk):
             yield msg, Wire(topic, payload, items), due
@@ -111,7 +98,7 @@ def _parts(dtype: DeviceType, instants: range | None) -> Iterator[Part]:
         size = max(batch, dtype.block_size() // batch * batch)
 
         def make(start: int, n: int) -> Part:
-            return WirePart(dtype, encoder, start, n, batch)
+            return WirePart(dtype, start, n, encoder, batch)
 
     if instants is None:
         for start in itertools.count(0, size):
@@ -167,13 +154,6 @@ async def send_device_type(
     first = instants.start if instants is not None else 0
     first_ts = dtype.start_us + round(first * 1e6 / dtype.rate_hz)  # as instant_ts
     pacer: Pacer | None = Pacer(first_ts, speed) if paced else None
-    parts = _parts(dtype, instants)
-    if open_loop is not None:
-        pacer = open_loop.pacer(first_ts)
-        parts = _prefetched(parts)
-    messages = metered(
-        dtype, ((p, p.wires()) for p in parts), counts=counts, progress=done, open_loop=open_loop
-    )
 
     def ack(part: Part, msg: int) -> None:
         before = ledger.count
@@ -183,9 +163,25 @@ async def send_device_type(
         if progress is not None:
             progress(ledger.messages, ledger.count)
 
+    parts = _parts(dtype, instants)
     sender = sender_for(dtype, url, client_id)
     await sender.open()
     try:
+        if open_loop is not None:  # connected, the first block made, then wait for the others
+            pacer = open_loop.pacer(first_ts)
+            parts = _prefetched(parts)
+            head = next(parts)
+            if head.ready is not None:
+                await asyncio.wrap_future(head.ready)
+            parts = itertools.chain([head], parts)
+            await open_loop.ready()
+        messages = metered(
+            dtype,
+            ((p, p.wires()) for p in parts),
+            counts=counts,
+            progress=done,
+            open_loop=open_loop,
+        )
         for part, wires in messages:
             ledger._add_part(part)  # noqa: SLF001
             for msg, wire, due in wires:
@@ -195,6 +191,20 @@ async def send_device_type(
     finally:
         await sender.close()
     return ledger
+
+
+def spans(fleet: FleetFile, seconds: float | None, count: int | None) -> dict[str, range | None]:
+    """Each device type's instants: ``count`` of each, ``seconds`` of fleet time, or (both
+    ``None``) endless (``None``)."""
+
+    def span(t: DeviceType) -> range | None:
+        if count is not None:
+            return range(count)
+        if seconds is not None:
+            return range(t.instants_in(seconds))
+        return None
+
+    return {t.name: span(t) for t in fleet.device_types}
 
 
 async def send_fleet_file(
@@ -217,17 +227,10 @@ async def send_fleet_file(
     ``counters`` (transport kind -> counts) and ``done`` feed the live display; ``open_loop``
     paces every type on one clock-driven schedule (``simulator.pacing``)."""
     ledger = ledger if ledger is not None else Ledger()
-
-    def span(t: DeviceType) -> range | None:
-        if count is not None:
-            return range(count)
-        if seconds is not None:
-            return range(t.instants_in(seconds))
-        return None
-
+    which = spans(fleet, seconds, count)
     if open_loop is not None:
         for t in fleet.device_types:
-            open_loop.expect(t, span(t))
+            open_loop.expect(t, which[t.name])
     try:
         async with asyncio.TaskGroup() as group:
             for t in fleet.device_types:
@@ -235,7 +238,7 @@ async def send_fleet_file(
                     send_device_type(
                         t,
                         url,
-                        instants=span(t),
+                        instants=which[t.name],
                         paced=paced,
                         speed=speed,
                         ledger=ledger,

@@ -31,7 +31,7 @@ from contract.errors import ConfigError
 from simulator.display import Progress, TransportCounts
 from simulator.fleetfile import DeviceType, FleetFile
 from simulator.send import Pacer
-from simulator.transports import messages_per_instant
+from simulator.transports import messages_per_instant, readings_per_device
 
 __all__ = [
     "LoadReport",
@@ -72,9 +72,12 @@ class RealClock:
 
 
 def fleet_rate(fleet: FleetFile) -> float:
-    """The fleet's nominal readings per second: every emitted sensor of every device at its
-    rate (dropouts make the real rate a little lower)."""
-    return sum(t.count * t.rate_hz * len(t.emitted_keys) for t in fleet.device_types)
+    """The fleet's nominal readings per second, as the edge counts them: every device at its
+    rate times the readings its transport makes of one instant (one per emitted sensor for
+    MQTT JSON and value; a format that splits a GPS fix or a vector into numbers, or adds
+    readings, makes more: :func:`~simulator.transports.readings_per_device`). Dropouts make
+    the real rate a little lower."""
+    return sum(transport_rates(fleet).values())
 
 
 def transport_rates(fleet: FleetFile) -> dict[str, float]:
@@ -82,7 +85,7 @@ def transport_rates(fleet: FleetFile) -> dict[str, float]:
     out: dict[str, float] = {}
     for t in fleet.device_types:
         kind = t.transport.kind
-        out[kind] = out.get(kind, 0.0) + t.count * t.rate_hz * len(t.emitted_keys)
+        out[kind] = out.get(kind, 0.0) + t.count * t.rate_hz * readings_per_device(t)
     return out
 
 
@@ -200,6 +203,9 @@ class OpenLoop:
         self.stats = LoadStats()
         self._origin: tuple[float, int] | None = None
         self._end_ts: int | None = None
+        self._expected = 0
+        self._arrived = 0
+        self._all_ready = asyncio.Event()
 
     @classmethod
     def for_rate(cls, fleet: FleetFile, rate: float, *, clock: MonoClock | None = None) -> OpenLoop:
@@ -228,11 +234,25 @@ class OpenLoop:
         return OpenLoopPacer(self, first_ts)
 
     def expect(self, dtype: DeviceType, instants: range | None) -> None:
-        """Note the end of a device type's bounded schedule (for the achieved rate's window)."""
-        if instants is None or len(instants) == 0:
+        """Note a device type that will send (:meth:`ready` waits for it) and the end of its
+        bounded schedule (for the achieved rate's window)."""
+        if instants is not None and len(instants) == 0:
+            return
+        self._expected += 1
+        if instants is None:
             return
         end_ts = dtype.start_us + round(instants.stop * 1e6 / dtype.rate_hz)
         self._end_ts = end_ts if self._end_ts is None else max(self._end_ts, end_ts)
+
+    async def ready(self) -> None:
+        """A device type is connected and has its first readings made: wait until every
+        expected type is, so that the schedule's origin (fixed by the first send) does not
+        leave the slower ones behind from the start (a serial port the edge has not opened
+        yet, a WebSocket still connecting)."""
+        self._arrived += 1
+        if self._arrived >= self._expected:
+            self._all_ready.set()
+        await self._all_ready.wait()
 
     def report(self, acked: int, *, bounded: bool) -> LoadReport:
         if self._end_ts is not None and self._origin is not None:

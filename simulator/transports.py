@@ -51,7 +51,7 @@ import time
 import tty
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 from urllib.parse import urlsplit
@@ -95,12 +95,14 @@ __all__ = [
     "WirePart",
     "WsSender",
     "batch_of",
+    "block_rows",
     "check_transport",
     "destination",
     "edge_ble_devices",
     "edge_sources_toml",
     "encoder_for",
     "messages_per_instant",
+    "readings_per_device",
     "sender_for",
 ]
 
@@ -360,13 +362,14 @@ def edge_sources_toml(
 _Msg = tuple[int, Wire, int | None]
 
 
+@dataclass(eq=False)
 class Part:
     """One block of a device type's instants as messages, and which were acknowledged: a
     ``LedgerPart`` that regenerates its acknowledged readings from the seed.
 
-    The one machinery of every transport's parts; a subclass (a dataclass with the fields
-    annotated here) says how a block becomes messages (:meth:`_messages`): :class:`WirePart`
-    through a format's encoder, ``simulator.fleetrun.FilePart`` MQTT JSON and value payloads.
+    The one machinery of every transport's parts; a subclass says how a block becomes messages
+    (:meth:`_messages`): :class:`WirePart` through a format's encoder,
+    ``simulator.fleetrun.FilePart`` MQTT JSON and value payloads.
     """
 
     dtype: DeviceType
@@ -374,11 +377,12 @@ class Part:
     """First instant of the block."""
     n: int
     """Instants in the block."""
-    counts: dict[int, int]
+    _: KW_ONLY
+    counts: dict[int, int] = field(default_factory=dict)
     """Readings per message sent and not yet acknowledged (set as each message is made)."""
-    acked: list[list[int]]
+    acked: list[list[int]] = field(default_factory=list)
     """Acknowledged message indices as ``[lo, hi)`` ranges, in arrival order."""
-    ready: Future[Block] | None
+    ready: Future[Block] | None = None
     """The block, being generated ahead in a worker thread (``simulator.fleetrun``)."""
 
     def _messages(self, blk: Block) -> Iterator[_Msg]:
@@ -423,25 +427,14 @@ class Part:
 class WirePart(Part):
     """One block of a device type's messages in a transport's format."""
 
-    dtype: DeviceType
     encoder: Encoder
-    start: int
-    n: int
     batch: int = 1
     """Instants per message (``http``/``ws``: a JSON array); blocks are cut at multiples."""
-    counts: dict[int, int] = field(default_factory=dict)
-    acked: list[list[int]] = field(default_factory=list)
-    ready: Future[Block] | None = None
 
     def _messages(self, blk: Block) -> Iterator[_Msg]:
-        dtype, enc = self.dtype, self.encoder
-        stamps = [ts.tolist() for ts in blk.ts_us]
-        nominal = blk.nominal_us.tolist()
-        devices = dtype.device_ids
-        streams = [
-            [(k, blk.values[d][k], c.emitted.tolist()) for k, c in blk.columns[d].items()]
-            for d in range(len(devices))
-        ]
+        enc = self.encoder
+        devices = self.dtype.device_ids
+        stamps, nominal, streams = block_rows(blk)
         msg = 0
         per = self.batch
         held: list[list[Wire]] = [[] for _ in devices]
@@ -471,6 +464,20 @@ class WirePart(Part):
                     msg += 1
 
 
+_Stream = tuple[str, list[Value], list[bool]]
+
+
+def block_rows(blk: Block) -> tuple[list[list[int]], list[int], list[list[_Stream]]]:
+    """A block as plain lists (fast to index): per device its timestamps; the instants' true
+    times; per device ``(key, values, emitted)`` of each emitted stream."""
+    stamps = [ts.tolist() for ts in blk.ts_us]
+    streams = [
+        [(key, blk.values[d][key], col.emitted.tolist()) for key, col in columns.items()]
+        for d, columns in enumerate(blk.columns)
+    ]
+    return stamps, blk.nominal_us.tolist(), streams
+
+
 def batch_of(dtype: DeviceType) -> int:
     """Instants per message of a device type's transport (``batch``, 1 by default)."""
     return int(_options(dtype.transport).get("batch", 1))
@@ -482,6 +489,20 @@ def messages_per_instant(dtype: DeviceType) -> int:
     t = dtype.transport
     per_device = len(dtype.emitted_keys) if t.kind == "mqtt" and t.payload == "value" else 1
     return dtype.count * per_device
+
+
+def readings_per_device(dtype: DeviceType) -> int:
+    """Readings the edge makes of one device's instant with every emitted sensor present:
+    one per sensor for MQTT JSON and value payloads, else what the format's encoder makes of
+    the first instant (a GPS fix or vector split into numbers, a Ruuvi tag's extra fields)."""
+    t = dtype.transport
+    if t.kind == "mqtt" and t.payload in {"json", "value"}:
+        return len(dtype.emitted_keys)
+    blk = dtype.block(0, 1)
+    present = [(key, vals[0]) for key, vals in blk.values[0].items()]
+    device = dtype.device_ids[0]
+    wires = encoder_for(dtype).encode(device, int(blk.ts_us[0][0]), 0, present)
+    return sum(len(w.items) for w in wires)
 
 
 def destination(dtype: DeviceType, mqtt_url: str) -> str:

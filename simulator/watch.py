@@ -18,8 +18,8 @@ from typing import Final
 
 from contract.errors import ConfigError
 from simulator.display import Display, Progress, TransportCounts
-from simulator.fleetfile import DeviceType, FleetFile
-from simulator.fleetrun import send_fleet_file
+from simulator.fleetfile import FleetFile
+from simulator.fleetrun import send_fleet_file, spans
 from simulator.pacing import LoadReport, OpenLoop, RealClock, transport_lines, transport_rates
 from simulator.send import Ledger
 from simulator.transports import destination
@@ -64,19 +64,6 @@ def check_load_args(args: argparse.Namespace) -> None:
             raise ConfigError("speed", "--target-rate sets the time scale; drop --speed")
         if not (math.isfinite(rate) and rate > 0):
             raise ConfigError("target_rate", f"must be a positive number of readings/s, not {rate}")
-
-
-def spans(fleet: FleetFile, seconds: float | None, count: int | None) -> dict[str, range | None]:
-    """Each device type's instants, as ``send_fleet_file`` sends them (``None``: endless)."""
-
-    def span(t: DeviceType) -> range | None:
-        if count is not None:
-            return range(count)
-        if seconds is not None:
-            return range(t.instants_in(seconds))
-        return None
-
-    return {t.name: span(t) for t in fleet.device_types}
 
 
 def destinations(fleet: FleetFile, mqtt_url: str) -> str:

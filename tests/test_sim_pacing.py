@@ -3,6 +3,7 @@ receiver shows up as lag, never as a slower schedule; and a real run against Mos
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +15,10 @@ from simulator.display import Progress, TransportCounts
 from simulator.fleet import reading_key
 from simulator.fleetfile import DeviceType, FleetFile, load_fleet_file, parse_fleet
 from simulator.fleetrun import FilePart, _parts, _prefetched, send_fleet_file
-from simulator.pacing import OpenLoop, fleet_rate, metered
+from simulator.pacing import OpenLoop, fleet_rate, metered, transport_rates
 from simulator.send import Ledger
 from simulator.servers import Mosquitto
-from simulator.transports import messages_per_instant
+from simulator.transports import messages_per_instant, readings_per_device
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -281,3 +282,35 @@ def test_prefetched_parts_send_exactly_what_plain_parts_send() -> None:
     ahead = [list(p.wires()) for p in _prefetched(iter([FilePart(dtype, s, 3) for s in (0, 3, 6)]))]
     assert ahead == plain
     assert len(plain[2]) == 12
+
+
+async def test_the_schedule_starts_when_every_device_type_is_ready() -> None:
+    """The first type to connect does not fix the origin alone: it waits for the others."""
+    f = fleet()
+    (dtype,) = f.device_types
+    loop = OpenLoop.for_rate(f, 4.0, clock=FakeClock())
+    loop.expect(dtype, range(3))
+    loop.expect(dtype, None)  # endless types are waited for too
+    loop.expect(dtype, range(0))  # a type with nothing to send is not
+    first = asyncio.create_task(loop.ready())
+    await asyncio.sleep(0)
+    assert not first.done()
+    await loop.ready()
+    await first
+
+
+def test_the_target_rate_counts_readings_as_the_edge_makes_them() -> None:
+    """A CSV line splits a 3-axis vector into three readings; MQTT JSON keeps it whole."""
+    sensors = '[{ key = "t", generator = "temperature" }, { key = "acc", generator = "accel" }]'
+    text = (
+        '[[device_types]]\nname = "a"\ncount = 2\nrate_hz = 2.0\n'
+        'transport = { kind = "serial", format = "csv", port = "/tmp/x/{device}" }\n'
+        f"sensors = {sensors}\n"
+        '[[device_types]]\nname = "b"\ncount = 3\n'
+        f"sensors = {sensors}\n"
+    )
+    f = parse_fleet(text)
+    a, b = f.device_types
+    assert (readings_per_device(a), readings_per_device(b)) == (4, 2)
+    assert transport_rates(f) == {"serial": 16.0, "mqtt": 6.0}
+    assert fleet_rate(f) == 22.0
