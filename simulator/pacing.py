@@ -268,13 +268,17 @@ class OpenLoopPacer(Pacer):
         self.first_ts = first_ts
         self.speed = loop.speed
         self.origin = 0.0  # the loop's origin is fixed by the first wait (after connecting)
+        self._begun = False
 
     async def wait(self, ts: int) -> None:
         loop = self.loop
-        due = loop.wall(ts)
         stats = loop.stats
-        if stats.first_due is None or due < stats.first_due:
-            stats.first_due = due
+        if not self._begun:  # the schedule's window opens at the first instant, even when the
+            self._begun = True  # first message is due later (a batch of instants sent at once)
+            begin = loop.wall(self.first_ts)
+            if stats.first_due is None or begin < stats.first_due:
+                stats.first_due = begin
+        due = loop.wall(ts)
         now = loop.clock.now()
         if due - now > loop.tolerance_s:
             await loop.clock.sleep(due - now)

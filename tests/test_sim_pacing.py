@@ -314,3 +314,24 @@ def test_the_target_rate_counts_readings_as_the_edge_makes_them() -> None:
     assert (readings_per_device(a), readings_per_device(b)) == (4, 2)
     assert transport_rates(f) == {"serial": 16.0, "mqtt": 6.0}
     assert fleet_rate(f) == 22.0
+
+
+async def test_a_batching_transports_window_opens_at_its_first_instant() -> None:
+    """A device that sends 3 instants at once sends its first message at instant 2, but the
+    schedule (and the achieved rate's window) starts at instant 0: on time is 100%."""
+    transport = (
+        '{ kind = "http", url = "http://127.0.0.1:1", token_key = "k", tenant = "t", batch = 3 }'
+    )
+    f = parse_fleet(FLEET.replace("rate_hz = 1.0", f"rate_hz = 1.0\ntransport = {transport}"))
+    (dtype,) = f.device_types
+    loop = OpenLoop.for_rate(f, 4.0, clock=FakeClock())
+    loop.expect(dtype, range(6))
+    pacer = loop.pacer(dtype.start_us)
+    for _part, messages in metered(
+        dtype, ((p, p.wires()) for p in _parts(dtype, range(6))), open_loop=loop
+    ):
+        for _msg, _wire, due in messages:
+            await pacer.wait(due)
+    report = loop.report(24, bounded=True)
+    assert (report.window_s, report.readings, report.late) == (6.0, 24, 0)
+    assert report.ratio == 1.0
