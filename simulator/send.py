@@ -30,7 +30,7 @@ from contract.errors import ConfigError
 from contract.model import Reading, Value
 from simulator.fleet import Fleet, canonical_value, reading_key
 from simulator.generators import kind_info
-from simulator.mqtt_wire import MqttPublisher, parse_mqtt_url
+from simulator.mqtt_wire import MqttPublisher, parse_mqtt_url, tls_context
 
 __all__ = ["MODES", "Ledger", "LedgerPart", "Pacer", "publish_parts", "send_fleet"]
 
@@ -294,7 +294,7 @@ async def publish_parts(
         if progress is not None:
             progress(ledger.messages, ledger.count)
 
-    async with MqttPublisher(host, port, client_id) as pub:
+    async with MqttPublisher(host, port, client_id, tls=tls_context(url)) as pub:
         pub.on_ack(on_ack)
         for part, messages in parts:
             ledger._add_part(part)  # noqa: SLF001

@@ -325,9 +325,10 @@ def edge_sources_toml(
     src = name or dtype.name
     if t.kind == "mqtt":
         topic = t.topic or t.topic_for("{device}", "{sensor}")
+        ca = f'ca_file = "{o["ca_file"]}"\n' if "ca_file" in o else ""
         return (
             f'[[mqtt]]\nname = "{src}"\nurl = "{mqtt_url}"\nclient_id = "cairn-edge-{src}"\n'
-            f'topics = [{{ pattern = "{topic}", format = "{t.payload}" }}]\n'
+            f'topics = [{{ pattern = "{topic}", format = "{t.payload}" }}]\n{ca}'
         )
     if t.kind == "serial":
         fmt = str(o.get("format", "jsonl"))
@@ -538,11 +539,15 @@ class Sender(Protocol):
 class MqttSender:
     """MQTT (every payload) through ``simulator.mqtt_wire``'s publisher."""
 
-    def __init__(self, url: str, client_id: str, qos: int) -> None:
-        from simulator.mqtt_wire import MqttPublisher, parse_mqtt_url  # noqa: PLC0415
+    def __init__(self, url: str, client_id: str, qos: int, ca_file: str | None = None) -> None:
+        from simulator.mqtt_wire import MqttPublisher, parse_mqtt_url, tls_context  # noqa: PLC0415
 
         host, port = parse_mqtt_url(url)
-        self._pub = MqttPublisher(host, port, client_id)
+        try:
+            tls = tls_context(url, ca_file)
+        except ConfigError as exc:
+            raise ConfigError(f"transport.{exc.key}", exc.problem) from None
+        self._pub = MqttPublisher(host, port, client_id, tls=tls)
         self._qos = qos
         self._ack: Ack | None = None
 
@@ -998,7 +1003,8 @@ def sender_for(dtype: DeviceType, url: str, client_id: str) -> Sender:
     t = dtype.transport
     o = _options(t)
     if t.kind == "mqtt":
-        return MqttSender(url, client_id, t.qos)
+        ca_file = o.get("ca_file")
+        return MqttSender(url, client_id, t.qos, None if ca_file is None else str(ca_file))
     if t.kind == "serial":
         return SerialSender(
             str(o["port"]),
