@@ -31,6 +31,7 @@ from simulator.transports import edge_sources_toml, encoder_for
 from simulator.watch import run_file_watched
 from tests.polling import until
 from tests.test_edge_support import EdgeProcess, stored, write_config
+from tests.test_sim_transports_e2e import wait_stored
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -144,12 +145,7 @@ async def test_an_open_loop_run_of_every_transport_delivers_exactly_the_ledger(
         args = build_parser(argv).parse_args([*argv, "--count", str(INSTANTS)])
         monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # draw the live display
         assert await run_file_watched(fleet, args, ledger=ledger) == 0
-        await until(
-            lambda: len(stored(buffer)) >= ledger.count,
-            f"{ledger.count} readings stored",
-            30,
-            in_thread=True,
-        )
+        await wait_stored(buffer, ledger.count)
         status = await edge.status()
     finally:
         assert edge.terminate() == 0

@@ -66,6 +66,13 @@ def _keys(
     return Counter(enc.key(d, s, ts, v) for d, s, ts, v in readings)  # type: ignore[arg-type]
 
 
+async def wait_stored(buffer: Path, count: int) -> None:
+    """Until the edge's buffer file holds ``count`` readings (or more)."""
+    await until(
+        lambda: len(stored(buffer)) >= count, f"{count} readings stored", 30, in_thread=True
+    )
+
+
 async def _deliver(tmp_path: Path, fleet: FleetFile, extra: str, mqtt_url: str = "") -> Ledger:
     """Start an edge with ``extra`` sources, send the fleet, wait for every reading; compare."""
     config = write_config(tmp_path / "edge", tenant=TENANT, extra=extra)
@@ -76,12 +83,7 @@ async def _deliver(tmp_path: Path, fleet: FleetFile, extra: str, mqtt_url: str =
             fleet, mqtt_url or "mqtt://127.0.0.1:1", seconds=SECONDS, paced=False
         )
         buffer = config.parent / "state" / "buffer.sqlite3"
-        await until(
-            lambda: len(stored(buffer)) >= ledger.count,
-            f"{ledger.count} readings stored",
-            30,
-            in_thread=True,
-        )
+        await wait_stored(buffer, ledger.count)
         status = await edge.status()
     finally:
         assert edge.terminate() == 0
