@@ -175,13 +175,10 @@ async def send_device_type(
                 await asyncio.wrap_future(head.ready)
             parts = itertools.chain([head], parts)
             await open_loop.ready()
-        messages = metered(
-            dtype,
-            ((p, p.wires()) for p in parts),
-            counts=counts,
-            progress=done,
-            open_loop=open_loop,
-        )
+        messages: Iterator[tuple[Part, Iterator[tuple[int, Wire, int | None]]]]
+        messages = ((p, p.wires()) for p in parts)
+        if counts is not None or done is not None or open_loop is not None:
+            messages = metered(dtype, messages, counts=counts, progress=done, open_loop=open_loop)
         for part, wires in messages:
             ledger._add_part(part)  # noqa: SLF001
             for msg, wire, due in wires:
