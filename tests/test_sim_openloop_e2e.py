@@ -29,9 +29,8 @@ from simulator.send import Ledger
 from simulator.servers import Mosquitto, free_port
 from simulator.transports import edge_sources_toml, encoder_for
 from simulator.watch import run_file_watched
-from tests.polling import until
 from tests.test_edge_support import EdgeProcess, stored, write_config
-from tests.test_sim_transports_e2e import wait_stored
+from tests.test_sim_transports_e2e import wait_listening, wait_stored
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -140,7 +139,7 @@ async def test_an_open_loop_run_of_every_transport_delivers_exactly_the_ledger(
     buffer = config.parent / "state" / "buffer.sqlite3"
     ledger = Ledger()
     try:
-        await until(edge.port_file.exists, "the edge's admin API", 30)
+        await wait_listening(edge, fleet)
         argv = ["run", str(path), "--mqtt", mosquitto.url, "--open-loop", "--speed", "20"]
         args = build_parser(argv).parse_args([*argv, "--count", str(INSTANTS)])
         monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # draw the live display

@@ -73,12 +73,27 @@ async def wait_stored(buffer: Path, count: int) -> None:
     )
 
 
+async def wait_listening(edge: EdgeProcess, fleet: FleetFile) -> None:
+    """Until the edge's MQTT and HTTP sources of ``fleet`` are connected (its admin API comes up
+    before its sources: a broker keeps nothing for a subscription not made yet, and an HTTP
+    port not yet open refuses). Serial and BLE senders wait for the edge themselves."""
+    names = {t.name for t in fleet.device_types if t.transport.kind in {"mqtt", "http", "ws"}}
+
+    async def ready() -> bool:
+        if not edge.port_file.exists():
+            return False
+        sources = (await edge.status())["sources"]
+        return all(sources.get(n, {}).get("connected") for n in names)
+
+    await until(ready, "the edge's MQTT and HTTP sources", 30)
+
+
 async def _deliver(tmp_path: Path, fleet: FleetFile, extra: str, mqtt_url: str = "") -> Ledger:
     """Start an edge with ``extra`` sources, send the fleet, wait for every reading; compare."""
     config = write_config(tmp_path / "edge", tenant=TENANT, extra=extra)
     edge = EdgeProcess(config).start()
     try:
-        await until(edge.port_file.exists, "the edge's admin API", 30)
+        await wait_listening(edge, fleet)
         ledger = await send_fleet_file(
             fleet, mqtt_url or "mqtt://127.0.0.1:1", seconds=SECONDS, paced=False
         )
