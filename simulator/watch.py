@@ -14,17 +14,28 @@ import asyncio
 import math
 import signal
 import sys
-from typing import Final
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from contract.errors import ConfigError
 from simulator.display import Display, Progress, TransportCounts
 from simulator.fleetfile import FleetFile
 from simulator.fleetrun import send_fleet_file, spans
-from simulator.pacing import LoadReport, OpenLoop, RealClock, transport_lines, transport_rates
+from simulator.pacing import LoadReport, OpenLoop, transport_lines, transport_rates
 from simulator.send import Ledger
 from simulator.transports import destination
 
-__all__ = ["add_load_args", "check_load_args", "destinations", "run_file_watched", "spans"]
+__all__ = [
+    "add_load_args",
+    "check_load_args",
+    "destinations",
+    "per_second",
+    "run_file_watched",
+    "spans",
+    "summary",
+    "supervise",
+]
 
 _PROG: Final = "cairn-sim"
 
@@ -121,31 +132,9 @@ async def run_file_watched(
         flush=True,
     )
     display = Display(sys.stdout, counters, progress, live=sys.stdout.isatty())
-    clock = RealClock()
-    started = clock.now()
-    task = asyncio.create_task(sender, name="send-fleet")
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    interrupted = False
-    try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=1.0)
-            if not task.done():
-                display.tick(clock.now() - started)
-        await task
-    except asyncio.CancelledError:
-        interrupted = True
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    elapsed = clock.now() - started
+    interrupted, elapsed = await supervise(sender, display.tick)
     display.tick(elapsed, final=True)
-    print(
-        f"{_PROG}: {'interrupted; ' if interrupted else ''}{ledger.messages:,} messages, "
-        f"{ledger.count:,} readings acknowledged in {elapsed:.1f}s "
-        f"({_rate(ledger.messages, elapsed)} messages, {_rate(ledger.count, elapsed)} readings)"
-    )
+    print(summary(ledger, elapsed, interrupted=interrupted))
     if open_loop is not None:
         report: LoadReport = open_loop.report(ledger.count, bounded=bounded and not interrupted)
         print(f"{_PROG}: {report.text()}")
@@ -155,5 +144,41 @@ async def run_file_watched(
     return 0
 
 
-def _rate(n: float, seconds: float) -> str:
+async def supervise(
+    coro: Coroutine[Any, Any, Ledger], tick: Callable[[float], None]
+) -> tuple[bool, float]:
+    """Run a sender as a task that SIGINT and SIGTERM cancel, calling ``tick(elapsed)`` about
+    once a second while it runs; returns whether it was interrupted, and the seconds it ran."""
+    started = time.monotonic()
+    task = asyncio.create_task(coro, name="send-fleet")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    interrupted = False
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=1.0)
+            if not task.done():
+                tick(time.monotonic() - started)
+        await task
+    except asyncio.CancelledError:
+        interrupted = True
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return interrupted, time.monotonic() - started
+
+
+def summary(ledger: Ledger, elapsed: float, *, interrupted: bool) -> str:
+    """The closing line: what was acknowledged, in how long, at what rates."""
+    return (
+        f"{_PROG}: {'interrupted; ' if interrupted else ''}{ledger.messages:,} messages, "
+        f"{ledger.count:,} readings acknowledged in {elapsed:.1f}s "
+        f"({per_second(ledger.messages, elapsed)} messages, "
+        f"{per_second(ledger.count, elapsed)} readings)"
+    )
+
+
+def per_second(n: float, seconds: float) -> str:
+    """``1,234/s``, or ``-`` for no time."""
     return f"{n / seconds:,.0f}/s" if seconds > 0 else "-"

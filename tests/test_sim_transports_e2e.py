@@ -113,20 +113,26 @@ async def _deliver(tmp_path: Path, fleet: FleetFile, extra: str, mqtt_url: str =
     return ledger
 
 
-@pytest.mark.parametrize("payload", ["json", "value", "senml"])
-async def test_mqtt(tmp_path: Path, mosquitto: Mosquitto, payload: str) -> None:
-    fleet = _fleet(
-        f"""
+def _boilers(transport: str) -> str:
+    return f"""
 [[device_types]]
 name = "boiler"
 count = 3
 interval_s = 2
-transport = {{ kind = "mqtt", payload = "{payload}" }}
-clock = {{ drift_ppm = 50, jitter_ms = 30 }}
+transport = {transport}
+"""
+
+
+@pytest.mark.parametrize("payload", ["json", "value", "senml"])
+async def test_mqtt(tmp_path: Path, mosquitto: Mosquitto, payload: str) -> None:
+    fleet = _fleet(
+        _boilers(f'{{ kind = "mqtt", payload = "{payload}" }}')
+        + """
+clock = { drift_ppm = 50, jitter_ms = 30 }
 sensors = [
-  {{ key = "temp", generator = "temperature", filters = [{{ kind = "dropout", probability = 0.1 }}] }},
-  {{ key = "relay", generator = "switch" }},
-  {{ key = "gps", generator = "gps", center = [48.85, 2.35] }},
+  { key = "temp", generator = "temperature", filters = [{ kind = "dropout", probability = 0.1 }] },
+  { key = "relay", generator = "switch" },
+  { key = "gps", generator = "gps", center = [48.85, 2.35] },
 ]
 """
     )
@@ -308,14 +314,8 @@ async def test_mqtt_over_tls_with_a_ca_file(
     with Mosquitto(tmp_path / "broker", tls=(ca, cert, key)).start() as broker:
         assert broker.url.startswith("mqtts://")
         fleet = _fleet(
-            f"""
-[[device_types]]
-name = "boiler"
-count = 3
-interval_s = 2
-transport = {{ kind = "mqtt", payload = "json", ca_file = "{ca}" }}
-sensors = [{{ key = "temp", generator = "temperature" }}, {{ key = "relay", generator = "switch" }}]
-"""
+            _boilers(f'{{ kind = "mqtt", payload = "json", ca_file = "{ca}" }}')
+            + 'sensors = [{ key = "temp", generator = "temperature" }]\n'
         )
         (t,) = fleet.device_types
         assert f'ca_file = "{ca}"' in edge_sources_toml(t, mqtt_url=broker.url)
