@@ -142,7 +142,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="send a seeded fleet to an MQTT broker")
-    run.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL")
+    run.add_argument(
+        "--mqtt",
+        default="mqtt://127.0.0.1:1883",
+        help="broker URL (mqtts://host:port for TLS: a fleet file's ca_file, or the system CAs)",
+    )
     _add_fleet_args(run, devices=50, sensors=3)
     length = run.add_mutually_exclusive_group()
     length.add_argument("--count", type=int, help="instants to send (default: endless)")
