@@ -1,11 +1,14 @@
 """Open-loop load: sends scheduled by the clock, not by acknowledgements, and what it achieved.
 
 ``cairn-sim run FLEET --target-rate R`` (or ``--open-loop``) paces a fleet file with an
-:class:`OpenLoop`. Every message gets its own due time, fixed in advance: instant ``k`` of a
-device type is due at ``origin + (ts(k) - ts(0)) / speed``, and the messages of one instant are
-spread evenly over the instant's period (device ``d`` of ``N`` at ``d / N`` of it), as real
-devices are not synchronised. ``speed`` is ``R`` over the fleet's own rate
-(:func:`fleet_rate`: devices x rate x emitted sensors, readings/s), or ``--speed``.
+:class:`OpenLoop`, every transport alike (``simulator.fleetrun.send_device_type``). Every
+message gets its own due time, fixed in advance: instant ``k`` of a device type is due at
+``origin + (ts(k) - ts(0)) / speed``, and the messages of one instant are spread evenly over
+the instant's period (device ``d`` of ``N`` at ``d / N`` of it), as real devices are not
+synchronised. The origin is fixed by the first send once every device type is ready
+(:meth:`OpenLoop.ready`: connected, first block made). ``speed`` is ``R`` over the fleet's own
+rate (:func:`fleet_rate`: devices x rate x the readings the edge makes of one instant,
+readings/s), or ``--speed``. :func:`transport_lines` says what each transport achieved.
 
 Open loop means the schedule never moves: a slow receiver (acknowledgements arriving late, a
 full in-flight window, a full socket) delays the sends but not the times they were due. A send
