@@ -7,6 +7,9 @@ PUBLISH at QoS 0 and 1, PUBACK, PINGREQ/PINGRESP and DISCONNECT. Publishes are e
 into one buffer with pre-encoded topics and written to the socket once per event-loop turn (or
 every 64 KiB); ``publish`` waits only for room in the in-flight window, never for its PUBACK.
 
+TLS: an ``mqtts://`` URL (port 8883 by default) and :func:`tls_context` (the system's trusted
+CAs, or a CA file such as a fleet file's ``ca_file``) passed as ``MqttPublisher(tls=...)``.
+
 There is no reconnection and no retransmission: a broken connection fails every later (and
 every waiting) ``publish`` and ``drain`` with ``MqttError``, and whatever was not acknowledged
 by then was, as far as the caller may know, not delivered.
@@ -23,9 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Self
 
-from contract.errors import CairnError
+from contract.errors import CairnError, ConfigError
 
-__all__ = ["MqttError", "MqttPublisher", "mqtt_ssl_context", "parse_mqtt_url"]
+__all__ = ["MqttError", "MqttPublisher", "parse_mqtt_url", "tls_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +57,40 @@ class MqttError(CairnError):
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
     """``mqtt://host[:port]`` (or ``host[:port]``) -> ``(host, port)``; port 1883 by default
-    (``mqtts://`` - TLS, see :func:`mqtt_ssl_context` - 8883)."""
-    default = 8883 if url.startswith("mqtts://") else 1883
-    rest = url.removeprefix("mqtt://").removeprefix("mqtts://").rstrip("/")
+    (``mqtts://``: 8883, see :func:`tls_context`)."""
+    tls = url.startswith("mqtts://")
+    rest = url.removeprefix("mqtts://" if tls else "mqtt://").rstrip("/")
     if "://" in rest:
-        raise MqttError(f"unsupported URL {url!r} (only mqtt:// or mqtts://host:port)")
+        raise MqttError(f"unsupported URL {url!r} (only mqtt://host:port or mqtts://)")
     if rest.startswith("["):  # [::1]:1883
         host, _, tail = rest[1:].partition("]")
         port_text = tail.removeprefix(":")
     else:
         host, _, port_text = rest.partition(":")
     try:
-        port = int(port_text) if port_text else default
+        port = int(port_text) if port_text else (8883 if tls else 1883)
     except ValueError:
         raise MqttError(f"bad port in {url!r}") from None
     if not host or not 0 < port < 65536:
         raise MqttError(f"bad MQTT URL {url!r}")
     return host, port
+
+
+def tls_context(url: str, ca_file: str | None = None) -> ssl.SSLContext | None:
+    """The TLS context of a broker URL: ``None`` for ``mqtt://``; for ``mqtts://`` one that
+    checks the broker's certificate and host name against ``ca_file`` (PEM), or the system's
+    CAs. A ``ca_file`` with a plain ``mqtt://`` URL, or one that cannot be read, is a
+    ``ConfigError`` naming ``ca_file``."""
+    if not url.startswith("mqtts://"):
+        if ca_file is not None:
+            raise ConfigError("ca_file", f"needs an mqtts:// broker URL, not {url!r}")
+        return None
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise ConfigError("ca_file", f"no such file: {ca_file}")
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError as exc:
+        raise ConfigError("ca_file", f"not a PEM CA certificate: {ca_file} ({exc})") from None
 
 
 def _varint(n: int) -> bytes:
@@ -107,14 +127,6 @@ class _Protocol(asyncio.Protocol):
         self.owner._wake()  # noqa: SLF001
 
 
-def mqtt_ssl_context(url: str, ca_file: str | Path | None = None) -> ssl.SSLContext | None:
-    """TLS for an ``mqtts://`` URL (verified against ``ca_file``, else the system's CAs);
-    ``None`` for ``mqtt://``."""
-    if not url.startswith("mqtts://"):
-        return None
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-
-
 class MqttPublisher:
     """One MQTT 3.1.1 client connection that publishes and counts acknowledgements.
 
@@ -134,7 +146,7 @@ class MqttPublisher:
         connect_timeout: float = 10.0,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        """``tls``: speak TLS to the broker (verified by that context)."""
+        """``tls``: connect over TLS with this context (:func:`tls_context`)."""
         if not 1 <= max_in_flight <= 65535:
             raise ValueError("max_in_flight must be in 1..65535 (packet ids are 16 bits)")
         if not 0 <= keepalive <= 65535:
@@ -196,7 +208,7 @@ class MqttPublisher:
                     self.host,
                     self.port,
                     ssl=self.tls,
-                    server_hostname=self.host if self.tls else None,
+                    server_hostname=self.host if self.tls is not None else None,
                 )
                 self._transport = transport
                 transport.write(packet)

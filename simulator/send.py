@@ -31,7 +31,7 @@ from contract.errors import ConfigError
 from contract.model import Reading, Value
 from simulator.fleet import Fleet, canonical_value, reading_key
 from simulator.generators import kind_info
-from simulator.mqtt_wire import MqttPublisher, mqtt_ssl_context, parse_mqtt_url
+from simulator.mqtt_wire import MqttPublisher, parse_mqtt_url, tls_context
 
 __all__ = ["MODES", "Ledger", "LedgerPart", "Pacer", "publish_parts", "send_fleet"]
 
@@ -305,7 +305,7 @@ async def publish_parts(
         if progress is not None:
             progress(ledger.messages, ledger.count)
 
-    context = tls if tls is not None else mqtt_ssl_context(url)
+    context = tls if tls is not None else tls_context(url)
     async with MqttPublisher(host, port, client_id, tls=context) as pub:
         pub.on_ack(on_ack)
         for part, messages in parts:
