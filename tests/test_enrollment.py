@@ -41,6 +41,7 @@ from hub.registry import Registry, RegistryError
 from hub.store import SqliteStore
 from simulator.lab import Lab, LabSettings
 from tests.e2e_helpers import async_wait_until
+from tests.test_hub_cli import hub_cli as run_hub_cli
 
 NATS = "nats://127.0.0.1:4999"
 
@@ -515,13 +516,7 @@ def test_hub_cli_enroll_token_and_edges(tmp_path: Path) -> None:
     ``edges revoke`` work on the registry file; refusals are one line."""
 
     def hub_cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hub", *args, "--config", str(tmp_path / "hub.toml")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_hub_cli(*args, "--config", str(tmp_path / "hub.toml"))
 
     (tmp_path / "hub.toml").write_text(
         '[hub]\nstate_dir = "plain"\n[tls]\napi = false\nnats = false\n'

@@ -31,7 +31,8 @@ from simulator.servers import NatsServer
 from tests.polling import stream_exists, until
 
 
-def _hub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def hub_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``cairn-hub ARGS`` as a real process (``python -m hub``), output captured."""
     return subprocess.run(
         [sys.executable, "-m", "hub", *args],
         check=False,
@@ -115,7 +116,7 @@ def test_config_defaults_and_relative_paths(tmp_path: Path) -> None:
 
 def test_token_create_and_lists_without_a_store(tmp_path: Path) -> None:
     (tmp_path / "hub.toml").write_text('[hub]\nstate_dir = "state"\n')
-    done = _hub(
+    done = hub_cli(
         "token",
         "create",
         "--config",
@@ -133,12 +134,12 @@ def test_token_create_and_lists_without_a_store(tmp_path: Path) -> None:
     assert key.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
     for what in ("edges",):  # (tenants list reads the registry too: no store is no error)
-        done = _hub(what, "list", "--config", "hub.toml", cwd=tmp_path)
+        done = hub_cli(what, "list", "--config", "hub.toml", cwd=tmp_path)
         assert done.returncode == 2
         assert done.stdout == ""
         [line] = done.stderr.splitlines()
         assert line.startswith("cairn-hub: no store at "), line
-    done = _hub(
+    done = hub_cli(
         "token",
         "create",
         "--config",
@@ -168,7 +169,7 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
     """The deployer's order: ``cairn-hub pki init``, nats-server with the hub's NATS
     certificate, then the hub (HTTPS API, TLS to NATS)."""
     (tmp_path / "hub.toml").write_text('[hub]\nstate_dir = "state"\n')
-    init = _hub("pki", "init", "--config", "hub.toml", cwd=tmp_path)
+    init = hub_cli("pki", "init", "--config", "hub.toml", cwd=tmp_path)
     assert init.returncode == 0, init.stderr
     files = dict(line.split(None, 1) for line in init.stdout.splitlines())
     pki = tmp_path / "state" / "pki"
@@ -191,7 +192,7 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
         port = await _wait_file(tmp_path / "state" / "api.port", proc, 30)
         api = f"https://127.0.0.1:{port}/api/v1"
         created = await asyncio.to_thread(
-            _hub,
+            hub_cli,
             "token",
             "create",
             "--config",
@@ -246,7 +247,9 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
         assert status == 200
         assert [r["ts"] for r in body["readings"]] == [1_000_000, 1_000_001, 1_000_002]
 
-        edges = await asyncio.to_thread(_hub, "edges", "list", "--config", "hub.toml", cwd=tmp_path)
+        edges = await asyncio.to_thread(
+            hub_cli, "edges", "list", "--config", "hub.toml", cwd=tmp_path
+        )
         assert edges.returncode == 0, edges.stderr
         [row] = [json.loads(line) for line in edges.stdout.splitlines()]
         assert (row["tenant"], row["edge"], row["batches"], row["readings"], row["last_seq"]) == (
@@ -257,7 +260,7 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
             1,
         )
         tenants = await asyncio.to_thread(
-            _hub, "tenants", "list", "--config", "hub.toml", cwd=tmp_path
+            hub_cli, "tenants", "list", "--config", "hub.toml", cwd=tmp_path
         )
         assert tenants.stdout.splitlines() == ["acme"]
 

@@ -11,7 +11,6 @@ import http.client
 import socket
 import ssl
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +31,7 @@ from hub.service import run_hub
 from simulator.servers import NatsServer
 from tests.pki_helpers import TlsNats, tls_nats
 from tests.polling import until
+from tests.test_hub_cli import hub_cli
 
 
 def _config(tmp_path: Path, **tls: object) -> HubConfig:
@@ -250,13 +250,7 @@ def test_relative_tls_paths_resolve_against_the_config_folder(tmp_path: Path) ->
 
 
 def _hub_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hub", *args, "--config", str(tmp_path / "hub.toml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return hub_cli(*args, "--config", str(tmp_path / "hub.toml"))
 
 
 def test_pki_cli_init_prints_the_pin_show_makes_nothing_and_errors_are_one_line(
