@@ -38,17 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from contract.codec import CODEC_VERSION, decode_batch, encode_batch
 from contract.model import Reading
 from contract.names import (
-    HDR_CODEC,
-    HDR_COUNT,
-    HDR_EDGE,
-    HDR_MSG_ID,
-    HDR_SEQ,
-    HDR_SIGNATURE,
     STREAM_NAME,
-    msg_id,
     telemetry_subject,
 )
-from contract.signing import generate_key, public_key_bytes, sign_batch
+from contract.signing import batch_headers, generate_key, public_key_bytes
 from hub.config import HubConfig, NatsSettings, StoreSettings, Synchronous
 from hub.ingest import Ingestor, ensure_stream
 from hub.registry import Registry
@@ -122,14 +115,8 @@ async def _prepublish(url: str, bodies: list[bytes], config: HubConfig) -> None:
     await ensure_stream(js, config.nats)  # as the hub makes it; its own call is then a no-op
     futures = []
     for seq, body in enumerate(bodies, 1):
-        headers = {
-            HDR_MSG_ID: msg_id(EDGE, seq),
-            HDR_EDGE: EDGE,
-            HDR_SEQ: str(seq),
-            HDR_CODEC: str(CODEC_VERSION),
-            HDR_COUNT: str(decode_batch(body).count),
-            HDR_SIGNATURE: sign_batch(KEY, TENANT, EDGE, seq, CODEC_VERSION, body),
-        }
+        count = decode_batch(body).count
+        headers = batch_headers(KEY, TENANT, EDGE, seq, CODEC_VERSION, body, count=count)
         futures.append(
             await js.publish_async(telemetry_subject(TENANT, EDGE), body, headers=headers)
         )

@@ -3,6 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python bench/sim_transports.py [--devices 20] [--instants 300] [--only serial-csv]
+        [--target-rate R]
 
 For each transport, a fresh edge process (``python -m edge run``, the default buffer settings:
 flush 200 ms, synchronous full; NATS unreachable, so everything stays in the buffer) with the
@@ -13,6 +14,11 @@ acknowledged / written / sent) and the end-to-end rate (until the edge's buffer 
 reading of the ledger). MQTT goes through a real Mosquitto; HTTP and WebSocket carry device
 tokens issued from a hub signing key; BLE advertisements go through the edge's
 ``[[ble]] simulated_socket``.
+
+With ``--target-rate R`` (readings/s, as the edge counts them) each transport is sent open
+loop instead (``simulator.pacing``: every message due at a time fixed in advance, whatever the
+receiver's pace): the figures are then the target, the rate achieved (readings sent per second
+of the schedule's window), the acknowledged rate, the late sends and the largest lag.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from hub.auth import TokenAuthority
 from simulator.fleetfile import parse_fleet
 from simulator.fleetrun import send_fleet_file
 from simulator.lab import ManagedProcess
+from simulator.pacing import OpenLoop
 from simulator.servers import Mosquitto, free_port
 from simulator.transports import edge_sources_toml
 
@@ -78,7 +85,9 @@ def stored(buffer: Path) -> int:
     return int(n)
 
 
-async def run_one(name: str, devices: int, instants: int, folder: Path) -> str:
+async def run_one(
+    name: str, devices: int, instants: int, folder: Path, target_rate: float | None = None
+) -> str:
     transport, sensors = TRANSPORTS[name]
     port = free_port()
     key = folder / "hub.key"
@@ -110,8 +119,9 @@ async def run_one(name: str, devices: int, instants: int, folder: Path) -> str:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"edge did not start: see {folder / 'edge.log'}")
             await asyncio.sleep(0.05)
+        loop = OpenLoop.for_rate(fleet, target_rate) if target_rate is not None else None
         t0 = time.perf_counter()
-        ledger = await send_fleet_file(fleet, mqtt_url, count=instants, paced=False)
+        ledger = await send_fleet_file(fleet, mqtt_url, count=instants, paced=False, open_loop=loop)
         sent = time.perf_counter() - t0
         buffer = folder / "state" / "buffer.sqlite3"
         while stored(buffer) < ledger.count:
@@ -124,6 +134,13 @@ async def run_one(name: str, devices: int, instants: int, folder: Path) -> str:
             edge.stop()
         if broker is not None:
             broker.stop()
+    if loop is not None:
+        r = loop.report(ledger.count, bounded=True)
+        return (
+            f"{name:<13} {ledger.count:>9,} {r.target_rate:>10,.0f} {r.achieved_rate:>10,.0f}"
+            f" {r.ratio:>6.1%} {r.acked_rate:>10,.0f} {r.late:>6,}/{r.messages:<7,}"
+            f" {r.lag_max_s * 1e3:>7.1f} {ledger.count / total:>11,.0f}"
+        )
     return (
         f"{name:<13} {ledger.count:>9,} {ledger.messages:>9,} {ledger.count / sent:>12,.0f}"
         f" {ledger.count / total:>12,.0f}"
@@ -135,13 +152,29 @@ async def main() -> None:
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--instants", type=int, default=300)
     parser.add_argument("--only", nargs="*", choices=sorted(TRANSPORTS), default=None)
+    parser.add_argument(
+        "--target-rate", type=float, default=None, help="open loop at this many readings/s"
+    )
     args = parser.parse_args()
-    print(f"{args.devices} devices x {args.instants} instants, as fast as each transport takes")
-    print(f"{'transport':<13} {'readings':>9} {'messages':>9} {'sim r/s':>12} {'stored r/s':>12}")
+    if args.target_rate is None:
+        print(f"{args.devices} devices x {args.instants} instants, as fast as each takes")
+        print(
+            f"{'transport':<13} {'readings':>9} {'messages':>9} {'sim r/s':>12} {'stored r/s':>12}"
+        )
+    else:
+        print(
+            f"{args.devices} devices x {args.instants} instants, open loop at "
+            f"{args.target_rate:,.0f} readings/s"
+        )
+        print(
+            f"{'transport':<13} {'readings':>9} {'target/s':>10} {'sent/s':>10} {'ratio':>6}"
+            f" {'acked/s':>10} {'late/sends':>14} {'lag max':>7} {'stored/s':>11}"
+        )
     for name in args.only or TRANSPORTS:
         folder = Path(tempfile.mkdtemp(prefix="cairn-b-", dir="/tmp"))
         try:
-            print(await run_one(name, args.devices, args.instants, folder), flush=True)
+            line = await run_one(name, args.devices, args.instants, folder, args.target_rate)
+            print(line, flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

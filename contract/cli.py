@@ -1,17 +1,44 @@
-"""What every Cairn command line does the same way: logging setup and one-line errors."""
+"""What every Cairn command line does the same way: the ``--config``/``--log-level`` options,
+logging setup and one-line errors."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 from contract.errors import CairnError
 
-__all__ = ["LOG_LEVELS", "run_command", "setup_logging"]
+__all__ = ["LOG_LEVELS", "add_config_option", "add_log_level", "run_command", "setup_logging"]
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+_LEVEL_HELP: Final = f"log level ({', '.join(LOG_LEVELS)}; default INFO)"
+
+
+def add_log_level(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--log-level``: on the ``top`` parser it defaults to INFO; on a subcommand it is set
+    only when given, so it overrides the top-level one (``cmd --log-level X run`` and
+    ``cmd run --log-level X`` both work)."""
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO" if top else argparse.SUPPRESS,
+        help=_LEVEL_HELP,
+    )
+
+
+def add_config_option(
+    parser: argparse.ArgumentParser, side: str, *, log_level: bool = True
+) -> None:
+    """A subcommand's required ``--config FILE`` (``side``: ``edge`` or ``hub``) and, with
+    ``log_level``, its own ``--log-level``."""
+    parser.add_argument("--config", type=Path, required=True, help=f"the {side}'s TOML config file")
+    if log_level:
+        add_log_level(parser)
 
 
 def setup_logging(level: str) -> None:

@@ -9,6 +9,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -53,6 +54,17 @@ class NatsIdentity:
         return opts
 
 
+def _tls_in_use(url: str, nc: NatsClient) -> bool:
+    """Whether the connection is encrypted: nats-py upgrades only when the server's INFO asks
+    for TLS, so a server (or something in between) that does not ask would get plain text.
+    WebSocket URLs are taken at their word (``wss://`` is TLS by its scheme)."""
+    if urlsplit(url).scheme in {"ws", "wss"}:
+        return True
+    transport = getattr(nc, "_transport", None)
+    writer = getattr(transport, "_io_writer", None)
+    return writer is not None and writer.get_extra_info("ssl_object") is not None
+
+
 async def connect_nats(
     url: str,
     name: str,
@@ -66,8 +78,9 @@ async def connect_nats(
     ``max_reconnect_attempts=1`` makes a first connect to a server that is down fail (after two
     tries) instead of looping inside nats-py at its fixed pace; once connected, reconnects are
     unlimited. ``on_failure`` gets a one-line description of each failed attempt;
-    ``identity`` adds TLS, an nkey login and an inbox prefix; ``callbacks`` (``error_cb``,
-    ``disconnected_cb``...) go to ``nats.connect``.
+    ``identity`` adds TLS (a connection left unencrypted although ``identity`` has a CA is
+    closed and counts as a failed attempt), an nkey login and an inbox prefix; ``callbacks``
+    (``error_cb``, ``disconnected_cb``...) go to ``nats.connect``.
     """
     while True:
         try:
@@ -85,6 +98,14 @@ async def connect_nats(
             problem = f"connect {url}: {exc or type(exc).__name__}"
             on_failure(problem)
             _log.warning("cannot connect to NATS at %s (%s); retrying in %.2f s", url, exc, delay)
+            await asyncio.sleep(delay)
+            continue
+        if identity is not None and identity.ca_file and not _tls_in_use(url, nc):
+            await nc.close()
+            problem = f"connect {url}: the server does not use TLS (a CA is configured)"
+            on_failure(problem)
+            delay = backoff.next()
+            _log.warning("refusing NATS at %s: %s; retrying in %.2f s", url, problem, delay)
             await asyncio.sleep(delay)
             continue
         nc.options["max_reconnect_attempts"] = -1

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import inspect
 import itertools
+import json
 import math
 import textwrap
 import tomllib
@@ -72,11 +73,19 @@ def section(cls: type[_T], raw: dict[str, Any], prefix: str, base: Path) -> _T:
             if isinstance(f.default, Path) and not f.default.is_absolute():
                 values[name] = base / f.default  # defaults are relative to the file, too
             continue
-        values[name] = _coerce(key, raw[name], hints[name], f.metadata, base)
+        if typing.get_origin(hints[name]) is tuple and typing.get_args(hints[name]) == (
+            str,
+            Ellipsis,
+        ):
+            values[name] = _strings(key, raw[name])
+        else:
+            values[name] = _coerce(key, raw[name], hints[name], f.metadata, base)
     return cls(**values)
 
 
 def _coerce(key: str, value: object, hint: Any, meta: Any, base: Path) -> Any:
+    if typing.get_args(hint) == (Path, type(None)):  # ``Path | None``: set means a path
+        hint = Path
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(key, f"must be true or false, got {value!r}")
@@ -110,6 +119,12 @@ def _coerce(key: str, value: object, hint: Any, meta: Any, base: Path) -> Any:
             )
         return hint(value)
     raise ConfigError(key, "cannot be set in the config file")  # pragma: no cover
+
+
+def _strings(key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(key, f"must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
 
 
 def _check_bounds(key: str, value: float, meta: Any) -> None:
@@ -159,8 +174,14 @@ def describe(cls: type) -> list[tuple[str, str, str, str]]:
             continue
         hint = hints[f.name]
         kind = getattr(hint, "__name__", str(hint))
+        if typing.get_args(hint) == (Path, type(None)):
+            kind = "Path (optional)"
         if f.default is not dataclasses.MISSING:
             default = repr(f.default.value if isinstance(f.default, StrEnum) else f.default)
+            if isinstance(f.default, tuple) and all(isinstance(v, str) for v in f.default):
+                default = json.dumps(list(f.default))  # as it is written in TOML
+            if f.default is None:
+                default = "unset"
             if isinstance(f.default, Path):
                 default = repr(str(f.default))
         elif f.default_factory is not dataclasses.MISSING:

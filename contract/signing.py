@@ -35,12 +35,24 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from contract.errors import ConfigError, SignatureError
+from contract.names import (
+    HDR_CODEC,
+    HDR_COUNT,
+    HDR_EDGE,
+    HDR_MSG_ID,
+    HDR_SEQ,
+    HDR_SIGNATURE,
+    msg_id,
+)
 
 __all__ = [
     "KEY_CONFIG_NAME",
     "SIGNATURE_DOMAIN",
+    "b64url",
+    "batch_headers",
     "generate_key",
     "load_or_create_key",
+    "private_key_pem",
     "public_key_bytes",
     "sign_batch",
     "signing_payload",
@@ -66,7 +78,14 @@ def generate_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
-def _pem(key: Ed25519PrivateKey) -> bytes:
+def b64url(raw: bytes) -> str:
+    """base64url without padding: how signatures, public keys and proofs travel in headers
+    and JSON."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    """The private key as an unencrypted PKCS#8 PEM (what key files hold; keep it 0600)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -112,7 +131,7 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     try:
         os.fchmod(fd, _KEY_MODE)
         with os.fdopen(fd, "wb") as f:
-            f.write(_pem(generate_key()))
+            f.write(private_key_pem(generate_key()))
             f.flush()
             os.fsync(f.fileno())
         try:
@@ -181,7 +200,34 @@ def sign_batch(
 ) -> str:
     """The ``Cairn-Sig`` header value of a batch: base64url, no padding (86 characters)."""
     signature = key.sign(signing_payload(tenant, edge, seq, codec, body))
-    return base64.urlsafe_b64encode(signature).rstrip(b"=").decode("ascii")
+    return b64url(signature)
+
+
+def batch_headers(
+    key: Ed25519PrivateKey,
+    tenant: str,
+    edge: str,
+    seq: int,
+    codec: int,
+    body: bytes,
+    *,
+    count: int | None = None,
+    msg: str | None = None,
+) -> dict[str, str]:
+    """The NATS headers of a signed batch, as the edge's forwarder publishes it: its
+    ``Nats-Msg-Id`` (:func:`contract.names.msg_id` with the signature, unless ``msg`` says
+    otherwise), edge, seq, codec, reading count (when given) and ``Cairn-Sig``."""
+    signature = sign_batch(key, tenant, edge, seq, codec, body)
+    headers = {
+        HDR_MSG_ID: msg or msg_id(edge, seq, tenant=tenant, signature=signature),
+        HDR_EDGE: edge,
+        HDR_SEQ: str(seq),
+        HDR_CODEC: str(codec),
+    }
+    if count is not None:
+        headers[HDR_COUNT] = str(count)
+    headers[HDR_SIGNATURE] = signature
+    return headers
 
 
 @functools.lru_cache(maxsize=4096)
@@ -204,7 +250,7 @@ def _decode_signature(signature: str) -> bytes:
     if len(raw) != _SIGNATURE_LEN:
         raise SignatureError(f"signature of {len(raw)} bytes (expected {_SIGNATURE_LEN})")
     # Only the one canonical spelling: no padding, no stray characters, no spare bits.
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != signature:
+    if b64url(raw) != signature:
         raise SignatureError("signature is not canonical base64url without padding")
     return raw
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from contract.cli import LOG_LEVELS, run_command, setup_logging
+from contract.cli import add_config_option, add_log_level, run_command, setup_logging
 from edge import enroll_cli
 from edge.buffer import BufferStats, read_stats
 from edge.config import load_config
@@ -37,24 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_PROG, description="Cairn edge gateway: sensors -> SQLite buffer -> NATS JetStream."
     )
-    level_help = f"log level ({', '.join(LOG_LEVELS)}; default INFO)"
-    parser.add_argument(
-        "--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help=level_help
-    )
+    add_log_level(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the edge service until SIGTERM or SIGINT")
     status = sub.add_parser("status", help="print the buffer's counts (read-only)")
     for p in (run, status):
-        p.add_argument("--config", type=Path, required=True, help="the edge's TOML config file")
-        p.add_argument(
-            "--log-level",
-            type=str.upper,
-            choices=LOG_LEVELS,
-            default=argparse.SUPPRESS,
-            help=level_help,
-        )
+        add_config_option(p, "edge")
     status.add_argument("--json", action="store_true", help="print the counts as JSON")
-    enroll_cli.add_parsers(sub, level_help)
+    enroll_cli.add_parsers(sub)
     return parser
 
 

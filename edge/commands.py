@@ -34,11 +34,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
-import jwt
 from nats.aio.msg import Msg
 
 from edge.config import EdgeConfig
-from edge.sources.devtokens import VerificationKey, load_key
+from edge.sources.devtokens import JwtRefusedError, VerificationKey, load_key, verify_jwt
 from edge.stats import EdgeStats
 
 __all__ = [
@@ -62,6 +61,15 @@ BLOCK_END: Final = "# END cairn-hub device revocations"
 _ISSUED: Final = "# issued_us "
 _MAX_COMMAND_BYTES: Final = 8 * 1024 * 1024
 _LOG_EVERY_S: Final = 60.0
+
+
+_COMMAND_REASONS: Final = {
+    "malformed": "malformed",
+    "unknown-key": "unknown-key",
+    "expired": "expired",
+}
+"""The :class:`JwtRefusedError` reasons counted by name (``commands-rejected-<reason>``); every
+other refusal of the signed token is ``bad-signature``."""
 
 
 class CommandError(Exception):
@@ -209,30 +217,19 @@ class EdgeCommands:
         if len(data) > _MAX_COMMAND_BYTES:
             raise CommandError("too-large", f"{len(data)} bytes")
         try:
-            token = data.decode("ascii")
-            header = jwt.get_unverified_header(token)
-        except (UnicodeDecodeError, jwt.PyJWTError, ValueError, TypeError) as exc:
-            raise CommandError("malformed", "not a signed command") from exc
-        kid = header.get("kid")
-        key = self._keys.get(kid) if isinstance(kid, str) else None
-        if key is None:
-            raise CommandError("unknown-key", "signed by a key not in [[http]].keys")
-        if header.get("alg") != key.algorithm:
-            raise CommandError("bad-signature", f"key {kid!r} verifies {key.algorithm} only")
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key.key,
-                algorithms=[key.algorithm],
+            claims, _ = verify_jwt(
+                data.decode("ascii"),
+                self._keys,
                 audience=COMMAND_AUDIENCE,
-                issuer=self.issuer or None,
-                leeway=self.leeway_s,
-                options={"require": ["exp", "iat", "aud", "cmd", "tenant", "edge"]},
+                issuer=self.issuer,
+                leeway_s=self.leeway_s,
+                require=["exp", "iat", "aud", "cmd", "tenant", "edge"],
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise CommandError("expired", "the command has expired") from exc
-        except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
-            raise CommandError("bad-signature", f"not a valid command: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise CommandError("malformed", "not a signed command") from exc
+        except JwtRefusedError as exc:
+            reason = _COMMAND_REASONS.get(exc.reason, "bad-signature")
+            raise CommandError(reason, f"not a valid command: {exc.detail}") from exc
         if claims.get("tenant") != self.tenant or claims.get("edge") != self.edge:
             raise CommandError("wrong-edge", "the command is for another edge")
         if not isinstance(claims.get("cmd"), str):

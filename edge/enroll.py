@@ -18,7 +18,6 @@ once the hub accepted it. A rotation cut short is finished by running the comman
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -31,14 +30,19 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contract.capin import PinError, certificate_fingerprint, normalize_pin
 from contract.errors import CairnError
 from contract.keyproof import key_fingerprint, sign_rotation
 from contract.settings import read_toml, section, table
-from contract.signing import generate_key, load_or_create_key, public_key_bytes
+from contract.signing import (
+    b64url,
+    generate_key,
+    load_or_create_key,
+    private_key_pem,
+    public_key_bytes,
+)
 from edge.config import EdgeSettings
 from edge.identity import (
     CA_FILE,
@@ -87,18 +91,6 @@ def _api_base(hub: str) -> str:
     if not path.endswith(_API):
         path += _API
     return f"{url.scheme}://{url.netloc}{path}"
-
-
-def _private_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def _call(
@@ -215,8 +207,8 @@ def enroll(
         _log.info("the key in %s was never enrolled; a new one replaces it", data_dir / KEY_FILE)
     key = generate_key()
     pending = data_dir / (KEY_FILE + _PENDING)
-    write_atomic(pending, _private_pem(key), mode=0o600)  # kept only if the hub says yes
-    request = {"token": token, "public_key": _b64(public_key_bytes(key))}
+    write_atomic(pending, private_key_pem(key), mode=0o600)  # kept only if the hub says yes
+    request = {"token": token, "public_key": b64url(public_key_bytes(key))}
     try:
         status, raw = _call(f"{api}/enroll", request, context)
         if status != 201:
@@ -277,7 +269,7 @@ def rotate_key(data_dir: Path, *, hub: str | None = None) -> str:
         new = load_or_create_key(pending)  # a rotation cut short: offer the same key again
     else:
         new = generate_key()
-        write_atomic(pending, _private_pem(new), mode=0o600)
+        write_atomic(pending, private_key_pem(new), mode=0o600)
     new_public = public_key_bytes(new)
     url = f"{api}/edges/{quote(enrollment.edge, safe='')}/rotate"
 
@@ -286,9 +278,9 @@ def rotate_key(data_dir: Path, *, hub: str | None = None) -> str:
         proof = sign_rotation(signer, enrollment.tenant, enrollment.edge, new_public, signed_at)
         body = {
             "tenant": enrollment.tenant,
-            "public_key": _b64(new_public),
+            "public_key": b64url(new_public),
             "signed_at_s": signed_at,
-            "proof": _b64(proof),
+            "proof": b64url(proof),
         }
         return _call(url, body, context)
 

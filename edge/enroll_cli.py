@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Final
 
-from contract.cli import LOG_LEVELS
+from contract.cli import add_config_option
 from edge.enroll import data_dir_of, enroll, rotate_key
 
 __all__ = ["COMMANDS", "add_parsers", "command"]
@@ -14,7 +14,7 @@ __all__ = ["COMMANDS", "add_parsers", "command"]
 COMMANDS: Final = frozenset({"enroll", "rotate-key"})
 
 
-def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], level_help: str) -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     enroll_p = sub.add_parser(
         "enroll", help="make this edge's key and enroll it at the hub with a one-time token"
     )
@@ -35,14 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], level_
         "--hub", default=None, help="the hub's API URL (default: the one it enrolled with)"
     )
     for p in (enroll_p, rotate):
-        p.add_argument("--config", type=Path, required=True, help="the edge's TOML config file")
-        p.add_argument(
-            "--log-level",
-            type=str.upper,
-            choices=LOG_LEVELS,
-            default=argparse.SUPPRESS,
-            help=level_help,
-        )
+        add_config_option(p, "edge")
 
 
 def command(args: argparse.Namespace) -> int:

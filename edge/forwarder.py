@@ -51,19 +51,12 @@ from nats.js import JetStreamContext
 from contract.backoff import Backoff
 from contract.names import (
     CLOCK_SUBJECT,
-    HDR_CODEC,
-    HDR_COUNT,
-    HDR_EDGE,
-    HDR_MSG_ID,
-    HDR_SEQ,
-    HDR_SIGNATURE,
     command_subject,
-    msg_id,
     status_subject,
     telemetry_subject,
 )
 from contract.natsconn import NatsIdentity, connect_nats
-from contract.signing import sign_batch
+from contract.signing import batch_headers
 from edge.buffer import Buffer, StoredBatch
 from edge.clock import ClockEstimate
 from edge.config import ForwarderSettings
@@ -477,15 +470,9 @@ class Forwarder:
         # Signed now, with the key of now: a backlog made before a rotation is signed
         # with the new key when it is finally sent.
         key = self._key.current() if isinstance(self._key, KeyHolder) else self._key
-        signature = sign_batch(key, self._tenant, self._edge, batch.seq, batch.codec, batch.body)
-        return {
-            HDR_MSG_ID: msg_id(self._edge, batch.seq, tenant=self._tenant, signature=signature),
-            HDR_EDGE: self._edge,
-            HDR_SEQ: str(batch.seq),
-            HDR_CODEC: str(batch.codec),
-            HDR_COUNT: str(batch.count),
-            HDR_SIGNATURE: signature,
-        }
+        return batch_headers(
+            key, self._tenant, self._edge, batch.seq, batch.codec, batch.body, count=batch.count
+        )
 
     async def _mark_loop(self) -> None:
         """Mark acked batches sent, all those acked meanwhile in one transaction."""

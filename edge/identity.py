@@ -36,6 +36,7 @@ from contract.names import TOKEN_RE, inbox_prefix
 from contract.natsconn import NatsIdentity
 from contract.nkeyid import nkey_public, nkey_seed
 from contract.signing import load_or_create_key, public_key_bytes
+from edge.filestamp import FileStamp, file_stamp
 
 if TYPE_CHECKING:
     from edge.config import EdgeSettings, ForwarderSettings
@@ -181,12 +182,11 @@ class KeyHolder:
         self._checked = time.monotonic()
         self._listeners: list[Callable[[Ed25519PrivateKey], None]] = []
 
-    def _file_stamp(self) -> tuple[int, int] | None:
+    def _file_stamp(self) -> FileStamp | None:
         try:
-            st = self.path.stat()
+            return file_stamp(self.path)
         except OSError:
             return None
-        return st.st_ino, st.st_mtime_ns
 
     def add_listener(self, listener: Callable[[Ed25519PrivateKey], None]) -> None:
         """Call ``listener(new key)`` after the key changed."""

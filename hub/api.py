@@ -27,14 +27,16 @@ from hub.apibase import (
     REGISTRY,
     STATUS,
     STORE,
+    FieldError,
     Route,
     claims,
     error,
     guard,
+    refusal,
 )
 from hub.auth import TokenAuthority
 from hub.ingest import IngestStats
-from hub.registry import Registry
+from hub.registry import Registry, RegistryError
 from hub.status import StatusListener
 from hub.store import Store, StoreError
 
@@ -88,8 +90,10 @@ async def _errors(
     """Bad input is a 4xx in the API's shape, never a 500 with a traceback."""
     try:
         return await handler(request)
-    except StoreError as exc:
+    except (StoreError, FieldError) as exc:
         return error(400, "bad-parameter", str(exc))
+    except RegistryError as exc:
+        return refusal(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

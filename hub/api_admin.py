@@ -36,7 +36,9 @@ from hub.apibase import (
     Route,
     claims,
     error,
+    int_field,
     json_body,
+    text_field,
 )
 from hub.auth import DEVICE_AUDIENCE, DEVICE_TTL_MAX_S, ROLE_RANK, TENANT_ROLES, TokenAuthority
 from hub.registry import ApiKey, RegistryError
@@ -76,31 +78,6 @@ def _iso(us: int | None) -> str | None:
     if us is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(us // 1_000_000))
-
-
-class _BadField(Exception):  # noqa: N818 - becomes a 400
-    pass
-
-
-def _text(doc: dict[str, Any], name: str, *, default: str | None = None, limit: int = 128) -> str:
-    value = doc.get(name, default)
-    if value is None:
-        raise _BadField(f"{name}: required")
-    if not isinstance(value, str) or not 1 <= len(value) <= limit or not value.isprintable():
-        raise _BadField(f"{name}: a string of 1..{limit} printable characters")
-    return value
-
-
-def _int(doc: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
-    value = doc.get(name, default)
-    if type(value) is not int or not lo <= value <= hi:
-        raise _BadField(f"{name}: an integer {lo}..{hi}")
-    return value
-
-
-def _registry_error(exc: RegistryError) -> web.Response:
-    status = {"not-found": 404, "exists": 409}.get(exc.reason, 400)
-    return error(status, exc.reason, exc.problem)
 
 
 # ------------------------------------------------------------------ tokens the hub signed
@@ -177,15 +154,9 @@ async def _tenants(request: web.Request) -> web.Response:
 
 
 async def _tenant_create(request: web.Request) -> web.Response:
-    try:
-        name = _text(await json_body(request), "tenant", limit=64)
-    except _BadField as exc:
-        return error(400, "bad-parameter", str(exc))
+    name = text_field(await json_body(request), "tenant", limit=64)
     registry = request.app[REGISTRY]
-    try:
-        await asyncio.to_thread(registry.create_tenant, name)
-    except RegistryError as exc:
-        return _registry_error(exc)
+    await asyncio.to_thread(registry.create_tenant, name)
     [row] = [r for r in registry.tenants() if r["tenant"] == name]
     return web.json_response(_tenant_json(row), status=201)
 
@@ -193,10 +164,7 @@ async def _tenant_create(request: web.Request) -> web.Response:
 async def _tenant_set(request: web.Request, *, disabled: bool) -> web.Response:
     name = request.match_info["tenant"]
     registry = request.app[REGISTRY]
-    try:
-        await asyncio.to_thread(registry.set_tenant_disabled, name, disabled)
-    except RegistryError as exc:
-        return _registry_error(exc)
+    await asyncio.to_thread(registry.set_tenant_disabled, name, disabled)
     [row] = [r for r in registry.tenants() if r["tenant"] == name]
     return web.json_response(_tenant_json(row))
 
@@ -239,12 +207,9 @@ def _key_json(key: ApiKey) -> dict[str, Any]:
 
 async def _key_create(request: web.Request) -> web.Response:
     caller = claims(request)
-    try:
-        doc = await json_body(request)
-        name = _text(doc, "name", limit=_MAX_NAME)
-        role = _text(doc, "role", default="viewer", limit=16)
-    except _BadField as exc:
-        return error(400, "bad-parameter", str(exc))
+    doc = await json_body(request)
+    name = text_field(doc, "name", limit=_MAX_NAME)
+    role = text_field(doc, "role", default="viewer", limit=16)
     if role not in TENANT_ROLES:
         return error(400, "bad-parameter", f"role: one of {', '.join(TENANT_ROLES)}")
     if ROLE_RANK[role] > ROLE_RANK.get(caller.role, 0):
@@ -264,10 +229,7 @@ async def _key_revoke(request: web.Request) -> web.Response:
     tenant = claims(request).tenant
     ident = request.match_info["key_id"]
     registry = request.app[REGISTRY]
-    try:
-        await asyncio.to_thread(registry.revoke_api_key, tenant, ident)
-    except RegistryError as exc:
-        return _registry_error(exc)
+    await asyncio.to_thread(registry.revoke_api_key, tenant, ident)
     [key] = [k for k in registry.api_keys(tenant) if k.id == ident]
     return web.json_response(_key_json(key))
 
@@ -310,18 +272,15 @@ async def _revoke(request: web.Request, *, device: bool) -> web.Response:
     """Put a token of the caller's tenant on the deny list, given the token or its jti."""
     caller = claims(request)
     auth = request.app[AUTH]
-    try:
-        doc = await json_body(request)
-        if ("token" in doc) == ("jti" in doc):
-            return error(400, "bad-parameter", "send exactly one of token, jti")
-        if "token" in doc:
-            token = _text(doc, "token", limit=_MAX_TOKEN)
-            jti = None
-        else:
-            jti = _text(doc, "jti", limit=128)
-            token = None
-    except _BadField as exc:
-        return error(400, "bad-parameter", str(exc))
+    doc = await json_body(request)
+    if ("token" in doc) == ("jti" in doc):
+        return error(400, "bad-parameter", "send exactly one of token, jti")
+    if "token" in doc:
+        token: str | None = text_field(doc, "token", limit=_MAX_TOKEN)
+        jti = None
+    else:
+        jti = text_field(doc, "jti", limit=128)
+        token = None
     kind = "device" if device else "api"
     if token is not None:
         try:
@@ -337,12 +296,7 @@ async def _revoke(request: web.Request, *, device: bool) -> web.Response:
         subject = None
     expires_us += auth.leeway_s * 1_000_000
     registry = request.app[REGISTRY]
-    try:
-        await asyncio.to_thread(
-            registry.revoke_token, jti, caller.tenant, expires_us, kind, subject
-        )
-    except RegistryError as exc:
-        return _registry_error(exc)
+    await asyncio.to_thread(registry.revoke_token, jti, caller.tenant, expires_us, kind, subject)
     return web.json_response(
         {"revoked": jti, "kind": kind, "device": subject, "until_us": expires_us}
     )
@@ -358,12 +312,9 @@ async def _device_revoke(request: web.Request) -> web.Response:
 
 async def _device_issue(request: web.Request) -> web.Response:
     caller = claims(request)
-    try:
-        doc = await json_body(request)
-        device = _text(doc, "device", limit=128)
-        ttl = _int(doc, "ttl_s", DEFAULT_DEVICE_TTL_S, 1, DEVICE_TTL_MAX_S)
-    except _BadField as exc:
-        return error(400, "bad-parameter", str(exc))
+    doc = await json_body(request)
+    device = text_field(doc, "device", limit=128)
+    ttl = int_field(doc, "ttl_s", DEFAULT_DEVICE_TTL_S, 1, DEVICE_TTL_MAX_S)
     auth = request.app[AUTH]
     try:
         token = auth.issue_device(caller.tenant, device, ttl)

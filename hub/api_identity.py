@@ -34,7 +34,21 @@ from contract.names import (
     telemetry_subject,
 )
 from contract.nkeyid import nkey_public
-from hub.apibase import AUTH, CA_PEM, REGISTRY, STORE, Route, claims, error, json_body
+from hub.apibase import (
+    AUTH,
+    CA_PEM,
+    REGISTRY,
+    STORE,
+    FieldError,
+    Route,
+    claims,
+    error,
+    int_field,
+    json_body,
+    number_field,
+    refusal,
+    text_field,
+)
 from hub.auth import DEVICE_AUDIENCE, TokenAuthority
 from hub.registry import (
     EdgeRecord,
@@ -51,7 +65,6 @@ __all__ = [
     "edge_json",
     "enrollment_answer",
     "merge_identity",
-    "status_of",
 ]
 
 NATS_URL: Final = web.AppKey("nats_public_url", str)
@@ -59,31 +72,8 @@ NATS_URL: Final = web.AppKey("nats_public_url", str)
 
 DEFAULT_ENROLL_TTL_S: Final = 3600
 """Lifetime of an enrollment token unless the request says otherwise (one hour)."""
-
-_STATUS: Final = {
-    "bad-name": 400,
-    "bad-key": 400,
-    "bad-ttl": 400,
-    "stale-proof": 400,
-    "bad-token": 401,
-    "bad-proof": 401,
-    "tenant-disabled": 403,
-    "not-found": 404,
-    "unknown-tenant": 404,
-    "edge-exists": 409,
-    "key-in-use": 409,
-    "token-used": 409,
-    "token-expired": 410,
-}
-
-
-def status_of(exc: RegistryError) -> int:
-    """The HTTP status of a registry refusal (400 for a reason not listed)."""
-    return _STATUS.get(exc.reason, 400)
-
-
-def _refused(exc: RegistryError) -> web.Response:
-    return error(status_of(exc), exc.reason, exc.problem)
+_MAX_TOKEN: Final = 1024
+"""Longest enrollment token read (``ce1.<id>.<secret>``, a CA pin may follow)."""
 
 
 def edge_json(record: EdgeRecord) -> dict[str, Any]:
@@ -187,25 +177,11 @@ def enrollment_answer(
     }
 
 
-def _text(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise web.HTTPBadRequest(reason=f"{name}: a non-empty string is required")
-    return value
-
-
-def _number(body: dict[str, Any], name: str, default: float) -> float:
-    value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise web.HTTPBadRequest(reason=f"{name}: a number is required")
-    return float(value)
-
-
 async def _create_token(request: web.Request) -> web.Response:
     caller = claims(request)
     body = await json_body(request)
-    edge = _text(body, "edge")
-    ttl_s = _number(body, "ttl_s", DEFAULT_ENROLL_TTL_S)
+    edge = text_field(body, "edge")
+    ttl_s = number_field(body, "ttl_s", DEFAULT_ENROLL_TTL_S)
     registry = request.app[REGISTRY]
 
     def create() -> Any:
@@ -213,10 +189,7 @@ async def _create_token(request: web.Request) -> web.Response:
         registry.ensure_tenant(caller.tenant)
         return registry.create_enrollment(caller.tenant, edge, ttl_s, created_by=caller.subject)
 
-    try:
-        enrollment = await asyncio.to_thread(create)
-    except RegistryError as exc:
-        return _refused(exc)
+    enrollment = await asyncio.to_thread(create)
     return web.json_response(
         {
             "token": enrollment.token,
@@ -232,14 +205,9 @@ async def _create_token(request: web.Request) -> web.Response:
 
 async def _enroll(request: web.Request) -> web.Response:
     body = await json_body(request)
-    token = _text(body, "token")
-    key_text = _text(body, "public_key")
-    registry = request.app[REGISTRY]
-    try:
-        public_key = decode_public_key(key_text)
-        record = await asyncio.to_thread(registry.enroll, token, public_key)
-    except RegistryError as exc:
-        return _refused(exc)
+    token = text_field(body, "token", limit=_MAX_TOKEN)
+    public_key = decode_public_key(text_field(body, "public_key"))
+    record = await asyncio.to_thread(request.app[REGISTRY].enroll, token, public_key)
     answer = enrollment_answer(
         record, request.app.get(NATS_URL), request.app[AUTH], request.app.get(CA_PEM)
     )
@@ -277,10 +245,7 @@ async def _revoke(request: web.Request) -> web.Response:
     tenant = claims(request).tenant
     name = request.match_info["edge"]
     registry = request.app[REGISTRY]
-    try:
-        await asyncio.to_thread(registry.revoke_edge, tenant, name)
-    except RegistryError as exc:
-        return _refused(exc)
+    await asyncio.to_thread(registry.revoke_edge, tenant, name)
     record = await asyncio.to_thread(registry.edge, tenant, name)
     assert record is not None
     return web.json_response(edge_json(record))
@@ -290,18 +255,16 @@ def _b64url(text: str, name: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
-        raise web.HTTPBadRequest(reason=f"{name}: base64url expected") from None
+        raise FieldError(f"{name}: base64url expected") from None
 
 
 async def _rotate(request: web.Request) -> web.Response:
     name = request.match_info["edge"]
     body = await json_body(request)
-    tenant = _text(body, "tenant")
-    new_key_text = _text(body, "public_key")
-    proof = _b64url(_text(body, "proof"), "proof")
-    signed_at = body.get("signed_at_s")
-    if isinstance(signed_at, bool) or not isinstance(signed_at, int):
-        raise web.HTTPBadRequest(reason="signed_at_s: an integer (Unix seconds) is required")
+    tenant = text_field(body, "tenant")
+    new_key_text = text_field(body, "public_key")
+    proof = _b64url(text_field(body, "proof"), "proof")
+    signed_at = int_field(body, "signed_at_s")
     registry = request.app[REGISTRY]
     try:
         new_key = decode_public_key(new_key_text)
@@ -316,7 +279,7 @@ async def _rotate(request: web.Request) -> web.Response:
                 "bad-proof",
                 "not signed by the active key of an enrolled, unrevoked edge of that tenant",
             )
-        return _refused(exc)
+        return refusal(exc)
     return web.json_response(edge_json(record))
 
 

@@ -1,4 +1,5 @@
-"""What every module of the hub API shares: the route table entry, who may call it, errors.
+"""What every module of the hub API shares: the route table entry, who may call it, errors,
+and the reading of request bodies.
 
 A :class:`Route` names the least role that may call it (``viewer`` < ``operator`` < ``admin``
 of the caller's tenant), :data:`PLATFORM_ADMIN` for the routes that manage tenants, or
@@ -21,7 +22,7 @@ from aiohttp import web
 from contract.errors import AuthError
 from hub.auth import PLATFORM_ADMIN, ROLE_RANK, Claims, TokenAuthority
 from hub.ingest import IngestStats
-from hub.registry import Registry
+from hub.registry import Registry, RegistryError
 from hub.status import StatusListener
 from hub.store import Store
 
@@ -36,12 +37,18 @@ __all__ = [
     "REGISTRY",
     "STATUS",
     "STORE",
+    "FieldError",
     "Handler",
     "Route",
     "claims",
     "error",
     "guard",
+    "int_field",
     "json_body",
+    "number_field",
+    "refusal",
+    "status_of",
+    "text_field",
 ]
 
 STORE: Final = web.AppKey("store", Store)
@@ -168,3 +175,76 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if _depth(doc, _MAX_JSON_DEPTH) > _MAX_JSON_DEPTH:
         raise web.HTTPBadRequest(reason="body nested too deeply")
     return doc
+
+
+class FieldError(ValueError):
+    """A body field that is missing or of the wrong kind: the API's error middleware answers
+    400 ``bad-parameter`` with the message (``<field>: <what is expected>``)."""
+
+
+def text_field(
+    doc: dict[str, Any], name: str, *, default: str | None = None, limit: int = 128
+) -> str:
+    """``doc[name]``: a string of 1..``limit`` printable characters (``default`` if absent;
+    required if the default is ``None``)."""
+    value = doc.get(name, default)
+    if value is None:
+        raise FieldError(f"{name}: required")
+    if not isinstance(value, str) or not 1 <= len(value) <= limit or not value.isprintable():
+        raise FieldError(f"{name}: a string of 1..{limit} printable characters")
+    return value
+
+
+def int_field(
+    doc: dict[str, Any],
+    name: str,
+    default: int | None = None,
+    lo: int | None = None,
+    hi: int | None = None,
+) -> int:
+    """``doc[name]``: an integer (not a boolean), ``default`` if absent (required if that is
+    ``None``), within ``lo``..``hi`` where they are given."""
+    value = doc.get(name, default)
+    if value is None:
+        raise FieldError(f"{name}: required")
+    if type(value) is not int or (lo is not None and value < lo) or (hi is not None and value > hi):
+        span = f" {lo}..{hi}" if lo is not None and hi is not None else ""
+        raise FieldError(f"{name}: an integer{span}")
+    return value
+
+
+def number_field(doc: dict[str, Any], name: str, default: float) -> float:
+    """``doc[name]``: a number (integer or float, not a boolean), ``default`` if absent."""
+    value = doc.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FieldError(f"{name}: a number")
+    return float(value)
+
+
+_REFUSAL_STATUS: Final = {
+    "bad-name": 400,
+    "bad-key": 400,
+    "bad-ttl": 400,
+    "stale-proof": 400,
+    "bad-token": 401,
+    "bad-proof": 401,
+    "tenant-disabled": 403,
+    "not-found": 404,
+    "unknown-tenant": 404,
+    "exists": 409,
+    "edge-exists": 409,
+    "key-in-use": 409,
+    "token-used": 409,
+    "token-expired": 410,
+}
+
+
+def status_of(exc: RegistryError) -> int:
+    """The HTTP status of a registry refusal (400 for a reason not listed)."""
+    return _REFUSAL_STATUS.get(exc.reason, 400)
+
+
+def refusal(exc: RegistryError) -> web.Response:
+    """A registry refusal in the API's error shape; its ``error`` is the registry's reason.
+    The error middleware answers this for every :class:`RegistryError` a handler lets out."""
+    return error(status_of(exc), exc.reason, exc.problem)

@@ -6,11 +6,10 @@ import argparse
 import asyncio
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Final
 
-from contract.cli import LOG_LEVELS, run_command, setup_logging
-from hub import cli_admin, edges_cli
+from contract.cli import add_config_option, add_log_level, run_command, setup_logging
+from hub import cli_admin, edges_cli, pki_cli
 from hub.auth import ROLES, TokenAuthority
 from hub.config import load_config
 from hub.service import authority, run_hub
@@ -25,17 +24,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=_PROG, description="Cairn hub: JetStream ingest, readings store, REST API."
     )
-    parser.add_argument(
-        "--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", help="log level"
-    )
+    add_log_level(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the hub until SIGTERM or SIGINT")
-    run.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+    add_config_option(run, "hub", log_level=False)
 
     token = sub.add_parser("token", help="API tokens")
     token_sub = token.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = token_sub.add_parser("create", aliases=["issue"], help="print a new signed API token")
-    create.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+    add_config_option(create, "hub", log_level=False)
     create.add_argument("--tenant", required=True, help="tenant the token is for")
     create.add_argument("--role", required=True, choices=ROLES, help="role of the bearer")
     create.add_argument("--ttl-s", type=int, default=None, help="lifetime in seconds")
@@ -43,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     device = token_sub.add_parser(
         "device", help="print a device token for HTTP/WebSocket ingestion at an edge"
     )
-    device.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+    add_config_option(device, "hub", log_level=False)
     device.add_argument("--tenant", required=True, help="tenant of the edge(s) it is for")
     device.add_argument("--device", required=True, help="device id (the token's sub)")
     device.add_argument(
@@ -52,13 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     public = token_sub.add_parser(
         "public-key", help="print the PEM public key that verifies the hub's tokens"
     )
-    public.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+    add_config_option(public, "hub", log_level=False)
     public.add_argument("--kid", action="store_true", help="print only the key id (kid)")
 
     edges = sub.add_parser("edges", help="enrolled edges and the edges the store has seen")
     edges_sub = edges.add_subparsers(dest="action", required=True, metavar="ACTION")
     edges_list = edges_sub.add_parser("list", help="list edges: counts and enrollment")
-    edges_list.add_argument("--config", type=Path, required=True)
+    add_config_option(edges_list, "hub", log_level=False)
     edges_list.add_argument("--tenant", default=None, help="only this tenant's edges")
     edges_cli.add_edge_actions(edges_sub)
     edges_cli.add_parsers(sub)
@@ -66,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     tenants = sub.add_parser("tenants", help="tenants: registered, and seen in the store")
     tenants_sub = tenants.add_subparsers(dest="action", required=True, metavar="ACTION")
     tenants_list = tenants_sub.add_parser("list", help="list tenants")
-    tenants_list.add_argument("--config", type=Path, required=True)
+    add_config_option(tenants_list, "hub", log_level=False)
+    pki_cli.add_parsers(sub)
     cli_admin.add_parsers(sub, token_sub, tenants_sub)  # tenants, api-keys, token revoke
     return parser
 
@@ -82,6 +80,8 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "token":
         print(_token(authority(config), args))
         return 0
+    if args.command == "pki":
+        return pki_cli.command(config, args)
     if args.command in {"edges", "enroll-token"}:
         return edges_cli.command(config, args)
     store = SqliteStore(config.hub.store_path, readonly=True)

@@ -8,8 +8,8 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
+from contract.cli import add_config_option
 from contract.errors import AuthError, CairnError
 from hub.api_admin import REVOKED_JTI_KEPT_S, token_facts
 from hub.auth import TENANT_ROLES, TokenAuthority
@@ -19,10 +19,6 @@ from hub.service import authority, open_registry
 from hub.store import SqliteStore
 
 __all__ = ["add_parsers", "run"]
-
-
-def _config_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
 
 
 def add_parsers(
@@ -37,28 +33,28 @@ def add_parsers(
         ("enable", "enable a disabled tenant again"),
     ):
         p = tenants_sub.add_parser(action, help=text)
-        _config_arg(p)
+        add_config_option(p, "hub", log_level=False)
         p.add_argument("tenant", help="tenant name ([A-Za-z0-9_-]{1,64})")
 
     keys = sub.add_parser("api-keys", help="API keys of services (exchanged for tokens)")
     keys_sub = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="print a new API key (shown once)")
-    _config_arg(create)
+    add_config_option(create, "hub", log_level=False)
     create.add_argument("--tenant", required=True, help="tenant of the key")
     create.add_argument("--role", required=True, choices=TENANT_ROLES, help="role it gets")
     create.add_argument("--name", required=True, help="what the key is for")
     listing = keys_sub.add_parser("list", help="list a tenant's API keys (JSON lines)")
-    _config_arg(listing)
+    add_config_option(listing, "hub", log_level=False)
     listing.add_argument("--tenant", required=True)
     revoke = keys_sub.add_parser("revoke", help="revoke an API key")
-    _config_arg(revoke)
+    add_config_option(revoke, "hub", log_level=False)
     revoke.add_argument("--tenant", required=True)
     revoke.add_argument("key_id", help="the key's id (second part of ck1.<id>.<secret>)")
 
     token_revoke = token_sub.add_parser(
         "revoke", help="revoke an API or device token (refused at once / by the edges)"
     )
-    _config_arg(token_revoke)
+    add_config_option(token_revoke, "hub", log_level=False)
     what = token_revoke.add_mutually_exclusive_group(required=True)
     what.add_argument("--token", help="the token itself (API or device token)")
     what.add_argument("--jti", help="the token's jti (needs --tenant)")

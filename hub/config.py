@@ -25,6 +25,7 @@ __all__ = [
     "NatsSettings",
     "StoreSettings",
     "Synchronous",
+    "TlsSettings",
     "load_config",
 ]
 
@@ -147,6 +148,42 @@ class AuthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """``[tls]``: TLS on NATS and the API, and where the certificates come from.
+
+    By default the hub makes its own CA on first start (``state_dir/pki/ca.pem`` and
+    ``ca.key``) and issues the server certificates of NATS (``nats.pem``, ``nats.key``) and
+    the API (``api.pem``, ``api.key``) in the same folder; ``cairn-hub pki init`` does it
+    before the first start. An operator's CA (``ca_cert`` + ``ca_key``) replaces the hub's;
+    an operator's server certificates (``nats_cert``/``nats_key``, ``api_cert``/``api_key``,
+    with ``ca_cert`` the CA that signed them) replace the hub's server certificates.
+    """
+
+    api: bool = True
+    """Serve the REST API over HTTPS (``false``: plain HTTP, for a trusted network only)."""
+    nats: bool = True
+    """Connect to NATS over TLS verified against the CA (the NATS server must have
+    ``tls { cert_file, key_file }``, see the deployer guide); ``false``: plain TCP."""
+    hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    """Names and IP addresses the issued server certificates are valid for (what edges and
+    API clients put in their URLs). A change re-issues the certificates at the next start."""
+    ca_cert: Path | None = None
+    """An operator's CA certificate (PEM) instead of the hub's own CA; edges are given it
+    at enrollment."""
+    ca_key: Path | None = None
+    """The private key of ``ca_cert`` (PEM, unencrypted): the hub issues its server
+    certificates with it. Leave it out when the server certificates are the operator's."""
+    nats_cert: Path | None = None
+    """An operator's NATS server certificate (PEM, signed by ``ca_cert``), with ``nats_key``."""
+    nats_key: Path | None = None
+    """The private key of ``nats_cert`` (PEM)."""
+    api_cert: Path | None = None
+    """An operator's API server certificate (PEM, signed by ``ca_cert``), with ``api_key``."""
+    api_key: Path | None = None
+    """The private key of ``api_cert`` (PEM)."""
+
+
+@dataclass(frozen=True, slots=True)
 class HubConfig:
     """The whole configuration of a hub."""
 
@@ -155,6 +192,7 @@ class HubConfig:
     store: StoreSettings = field(default_factory=StoreSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     path: Path | None = None
     """The file this configuration was read from (``None`` if built in code)."""
 
@@ -188,6 +226,7 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
         "store": StoreSettings,
         "api": ApiSettings,
         "auth": AuthSettings,
+        "tls": TlsSettings,
     }
     for key in raw:
         if key not in kinds:
@@ -212,8 +251,41 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
             "nats.public_url",
             f"must be a nats:// or tls:// URL, got {config.nats.public_url!r}",
         )
+    _check_tls(config.tls)
     try:
         config.api_host_port  # noqa: B018 - validates
     except ValueError as exc:
         raise ConfigError("api.listen", str(exc)) from exc
     return config
+
+
+def _check_tls(tls: TlsSettings) -> None:
+    """Certificate and key come in pairs; an operator's server certificate needs the CA that
+    signed it (edges must be told which CA to trust)."""
+    if not tls.hostnames:
+        raise ConfigError("tls.hostnames", "must name at least one host")
+    for cert, key in (("ca_cert", "ca_key"), ("nats_cert", "nats_key"), ("api_cert", "api_key")):
+        has_cert, has_key = getattr(tls, cert) is not None, getattr(tls, key) is not None
+        if has_key and not has_cert:
+            raise ConfigError(f"tls.{key}", f"is set without tls.{cert}")
+        if has_cert and not has_key and cert != "ca_cert":
+            raise ConfigError(f"tls.{cert}", f"is set without tls.{key}")
+    for cert in ("nats_cert", "api_cert"):
+        if getattr(tls, cert) is not None and tls.ca_cert is None:
+            raise ConfigError(
+                f"tls.{cert}", "needs tls.ca_cert: the CA that signed it, which edges will trust"
+            )
+    if tls.ca_cert is not None and tls.ca_key is None:
+        missing = [
+            name
+            for name, wanted, given in (
+                ("nats_cert", tls.nats, tls.nats_cert),
+                ("api_cert", tls.api, tls.api_cert),
+            )
+            if wanted and given is None
+        ]
+        if missing:
+            raise ConfigError(
+                "tls.ca_cert",
+                f"without tls.ca_key the hub cannot issue certificates: set tls.{missing[0]}",
+            )

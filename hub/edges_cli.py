@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from contract.capin import certificate_fingerprint
+from contract.cli import add_config_option
 from hub.api_identity import DEFAULT_ENROLL_TTL_S, edge_json, merge_identity
 from hub.config import HubConfig
+from hub.pki import ca_path, ensure_pki
 from hub.registry import RegistryError
 from hub.service import open_registry
 from hub.store import SqliteStore
@@ -23,7 +24,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     token = sub.add_parser(
         "enroll-token", help="print a one-time enrollment token for an edge (and the CA pin)"
     )
-    token.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+    add_config_option(token, "hub", log_level=False)
     token.add_argument("--tenant", required=True, help="tenant the edge belongs to")
     token.add_argument("--edge", required=True, help="the edge's id")
     token.add_argument(
@@ -41,14 +42,14 @@ def add_edge_actions(edges_sub: argparse._SubParsersAction[argparse.ArgumentPars
         ("revoke", "revoke an edge: its batches and NATS logins are refused from now on"),
     ):
         p = edges_sub.add_parser(action, help=text)
-        p.add_argument("--config", type=Path, required=True, help="the hub's TOML config file")
+        add_config_option(p, "hub", log_level=False)
         p.add_argument("--tenant", required=True, help="the edge's tenant")
         p.add_argument("--edge", required=True, help="the edge's id")
 
 
 def ca_pem(config: HubConfig) -> bytes | None:
     """The hub's CA certificate if it has made one (``state_dir/pki/ca.pem``)."""
-    path = config.hub.state_dir / "pki" / "ca.pem"
+    path = ca_path(config)
     return path.read_bytes() if path.is_file() else None
 
 
@@ -59,6 +60,8 @@ def command(config: HubConfig, args: argparse.Namespace) -> int:
         if args.command == "enroll-token":
             registry.ensure_tenant(args.tenant)
             enrollment = registry.create_enrollment(args.tenant, args.edge, args.ttl)
+            if config.tls.api or config.tls.nats:
+                ensure_pki(config)  # the CA the hub will present: its pin goes to the edge
             pem = ca_pem(config)
             print(f"token   {enrollment.token}")
             print(f"ca-pin  {certificate_fingerprint(pem) if pem else '(none: the hub has no CA)'}")

@@ -44,6 +44,7 @@ from contract.names import (
 from contract.natsconn import connect_nats
 from contract.signing import verify_batch
 from hub.config import HubConfig, NatsSettings
+from hub.natsid import hub_nats_identity
 from hub.registry import Registry, RegistryError
 from hub.store import IngestResult, Store
 
@@ -194,6 +195,7 @@ class Ingestor:
         stats: IngestStats | None = None,
     ) -> None:
         self._settings = config.nats
+        self._identity = hub_nats_identity(config)
         self._store = store
         self._registry = registry
         self.stats = stats or IngestStats()
@@ -251,6 +253,7 @@ class Ingestor:
             "cairn-hub-ingest",
             Backoff(0.1, 5.0),
             failed,
+            self._identity,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from contract.errors import CairnError
 from contract.keyproof import ROTATION_DOMAIN, key_fingerprint, rotation_message, sign_rotation
 from contract.names import TOKEN_RE
+from contract.signing import b64url
 
 __all__ = [
     "API_KEY_PREFIX",
@@ -165,14 +166,10 @@ def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
 def _new_secret(prefix: str) -> tuple[str, str, bytes]:
     """``(string, id, secret hash)`` of a new ``<prefix>.<id>.<secret>``."""
     ident = secrets.token_hex(_ID_BYTES)
-    secret = _b64(secrets.token_bytes(_SECRET_BYTES))
+    secret = b64url(secrets.token_bytes(_SECRET_BYTES))
     return f"{prefix}.{ident}.{secret}", ident, _hash(secret)
 
 
@@ -641,4 +638,4 @@ def decode_public_key(text: str) -> bytes:
 
 def encode_public_key(raw: bytes) -> str:
     """base64url without padding: how public keys travel in JSON."""
-    return _b64(raw)
+    return b64url(raw)

@@ -16,6 +16,8 @@ from hub.auth import TokenAuthority
 from hub.config import HubConfig
 from hub.devrevocations import DeviceRevocationPublisher
 from hub.ingest import Ingestor
+from hub.natsid import hub_nats_identity
+from hub.pki import api_tls
 from hub.registry import Registry
 from hub.status import StatusListener
 from hub.store import SqliteStore
@@ -62,27 +64,40 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError("hub.state_dir", f"cannot create {state}: {exc.strerror}") from exc
+    pki, ssl_context = api_tls(config)
     auth = authority(config)
     registry = open_registry(config)
     store = SqliteStore(config.hub.store_path, config.store.synchronous.value)
     ingestor = Ingestor(config, store, registry)
-    listener = StatusListener(config.nats.url, store)  # cairn.clock and the edges' status
+    nats_identity = hub_nats_identity(config)
+    listener = StatusListener(config.nats.url, store, nats_identity)  # clock, edges' status
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = make_app(store, auth, ingestor.stats, listener, registry=registry)
+    app = make_app(
+        store,
+        auth,
+        ingestor.stats,
+        listener,
+        registry=registry,
+        ca_pem=pki.ca_cert.read_bytes() if pki is not None else None,
+    )
     app[NATS_URL] = config.nats.public_url or config.nats.url  # told to edges at enrollment
     api_admin.configure(app, config.auth.api_key_token_ttl_s)
     runner = web.AppRunner(app, access_log=None)
     revocations = DeviceRevocationPublisher(
-        config.nats.url, registry, auth, resend_s=config.auth.device_revocations_resend_s
+        config.nats.url,
+        registry,
+        auth,
+        resend_s=config.auth.device_revocations_resend_s,
+        identity=nats_identity,
     )
     await runner.setup()
     try:
         host, port = config.api_host_port
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
         except OSError as exc:
             raise ConfigError(
                 "api.listen", f"cannot listen on {host}:{port}: {exc.strerror}"
@@ -91,7 +106,10 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
         port_file = state / "api.port"
         port_file.with_suffix(".tmp").write_text(f"{bound}\n")
         port_file.with_suffix(".tmp").replace(port_file)  # readers never see half a number
-        _log.info("hub API on http://%s:%s/api/v1, store %s", host, bound, store.path)
+        scheme = "https" if ssl_context is not None else "http"
+        _log.info("hub API on %s://%s:%s/api/v1, store %s", scheme, host, bound, store.path)
+        if pki is not None:
+            _log.info("hub CA %s (pin %s)", pki.ca_cert, pki.pin)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(ingestor.run(), name="hub-ingest")

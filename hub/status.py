@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 
 from contract.backoff import Backoff
 from contract.names import CLOCK_SUBJECT, STATUS_SUBJECTS, parse_status_subject
-from contract.natsconn import connect_nats
+from contract.natsconn import NatsIdentity, connect_nats
 from hub.store import Store
 
 __all__ = ["MAX_STATUS_BYTES", "StatusListener"]
@@ -73,8 +73,9 @@ def check_status(subject: str, data: bytes) -> tuple[str, str, dict[str, Any]]:
 class StatusListener:
     """Answers clock requests and stores the edges' status documents (see the module doc)."""
 
-    def __init__(self, url: str, store: Store) -> None:
+    def __init__(self, url: str, store: Store, identity: NatsIdentity | None = None) -> None:
         self._url = url
+        self._identity = identity
         self._store = store
         self.stored = 0
         self.clock_requests = 0
@@ -92,7 +93,7 @@ class StatusListener:
     async def run(self) -> None:
         """Subscribe and serve until cancelled."""
         nc: NatsClient = await connect_nats(
-            self._url, "cairn-hub-status", Backoff(0.1, 5.0), lambda _p: None
+            self._url, "cairn-hub-status", Backoff(0.1, 5.0), lambda _p: None, self._identity
         )
         self.connected = True
         try:

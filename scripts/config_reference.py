@@ -32,6 +32,7 @@ SECTIONS = {
         ("[store]", hub_config.StoreSettings),
         ("[api]", hub_config.ApiSettings),
         ("[auth]", hub_config.AuthSettings),
+        ("[tls]", hub_config.TlsSettings),
     ],
 }
 

@@ -3,7 +3,8 @@
 ``fleet`` (seeded fleets), ``generators`` (their signals), ``parts`` (generators, filters
 and joins to compose), ``fleetfile`` (TOML fleet files of device types, and their ground
 truth), ``mqtt_wire`` (an MQTT publisher that knows what was acknowledged), ``send`` (fleets
-over MQTT, with a ledger), ``fleetrun`` (fleet files over their transports), ``plot``,
+over MQTT, with a ledger), ``fleetrun`` (fleet files over their transports: one send loop),
+``transports`` (each kind's sender, message parts and checks), ``plot``,
 ``cli`` (``cairn-sim``); ``servers``, ``lab``, ``demo`` and ``bench`` run real processes.
 ``pacing`` (open-loop load at a target rate), ``display`` (the live display of ``run``),
 ``watch`` (a fleet file run under it) and ``score`` (detection scored against ground truth).

@@ -218,7 +218,7 @@ async def _run_case(root: Path, case: _Case, args: argparse.Namespace) -> dict[s
 
         # 6. bytes: JetStream's own count over everything it holds
         total_readings = lab.hub_stats()["readings"]
-        js_bytes, js_msgs = await _stream_bytes(lab.nats.url)
+        js_bytes, js_msgs = await _stream_bytes(lab)
         all_body, all_jsonl, all_n = _bytes_all(lab.hub_store_path)
         fig["wire_bytes_per_reading"] = js_bytes / total_readings
         fig["body_bytes_per_reading"] = all_body / all_n
@@ -264,8 +264,8 @@ def _bytes_all(path: Path) -> tuple[int, int, int]:
     return body, jsonl, n
 
 
-async def _stream_bytes(url: str) -> tuple[int, int]:
-    nc = await nats.connect(url)
+async def _stream_bytes(lab: Lab) -> tuple[int, int]:
+    nc = await nats.connect(lab.nats.url, **lab.nats_identity.options())
     try:
         info = await nc.jetstream().stream_info(STREAM_NAME)
         return int(info.state.bytes), int(info.state.messages)

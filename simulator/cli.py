@@ -26,7 +26,6 @@ import contextlib
 import importlib
 import logging
 import math
-import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
@@ -40,7 +39,14 @@ from simulator.fleetfile import load_fleet_file, preview_text
 from simulator.generators import kind_info
 from simulator.score import add_detect_args, add_score_args, detect_main, score_main
 from simulator.send import MODES, Ledger, send_fleet
-from simulator.watch import add_load_args, check_load_args, run_file_watched
+from simulator.watch import (
+    add_load_args,
+    check_load_args,
+    per_second,
+    run_file_watched,
+    summary,
+    supervise,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -136,7 +142,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="send a seeded fleet to an MQTT broker")
-    run.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL")
+    run.add_argument(
+        "--mqtt",
+        default="mqtt://127.0.0.1:1883",
+        help="broker URL (mqtts://host:port for TLS: a fleet file's ca_file, or the system CAs)",
+    )
     _add_fleet_args(run, devices=50, sensors=3)
     length = run.add_mutually_exclusive_group()
     length.add_argument("--count", type=int, help="instants to send (default: endless)")
@@ -272,10 +282,6 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rate(n: float, seconds: float) -> str:
-    return f"{n / seconds:,.0f}/s" if seconds > 0 else "-"
-
-
 def _instants(args: argparse.Namespace) -> range | None:
     """The instants ``run`` sends: ``--count``, ``--duration`` x ``--rate``, or endless."""
     if args.count is not None:
@@ -346,43 +352,27 @@ async def _run_file(args: argparse.Namespace) -> int:
 
 async def _watch(coro: Coroutine[Any, Any, Ledger], ledger: Ledger, head: str) -> int:
     """Run a sender with a live status line (a log line every 10 s when not on a terminal)."""
-    started = time.monotonic()
-    sender = asyncio.create_task(coro, name="send-fleet")
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, sender.cancel)
     live = sys.stdout.isatty()
     print(f"{_PROG}: {head}", flush=True)
-    interrupted = False
     lines = 0
-    try:
-        while not sender.done():
-            await asyncio.wait({sender}, timeout=1.0)
-            elapsed = time.monotonic() - started
-            status = (
-                f"{elapsed:7.1f}s  acked {ledger.messages:>11,} messages "
-                f"{ledger.count:>12,} readings ({_rate(ledger.count, elapsed)})"
-            )
-            if live:  # one line, rewritten every second
-                sys.stdout.write(f"\r{status}   ")
-                sys.stdout.flush()
-            elif elapsed >= _LOG_EVERY_S * (lines + 1) and not sender.done():
-                lines += 1  # a log, not a terminal: a line every 10 s
-                print(status, flush=True)
-        await sender
-    except asyncio.CancelledError:
-        interrupted = True
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    elapsed = time.monotonic() - started
+
+    def tick(elapsed: float) -> None:
+        nonlocal lines
+        status = (
+            f"{elapsed:7.1f}s  acked {ledger.messages:>11,} messages "
+            f"{ledger.count:>12,} readings ({per_second(ledger.count, elapsed)})"
+        )
+        if live:  # one line, rewritten every second
+            sys.stdout.write(f"\r{status}   ")
+            sys.stdout.flush()
+        elif elapsed >= _LOG_EVERY_S * (lines + 1):
+            lines += 1  # a log, not a terminal: a line every 10 s
+            print(status, flush=True)
+
+    interrupted, elapsed = await supervise(coro, tick)
     if live:
         print()
-    print(
-        f"{_PROG}: {'interrupted; ' if interrupted else ''}{ledger.messages:,} messages, "
-        f"{ledger.count:,} readings acknowledged in {elapsed:.1f}s "
-        f"({_rate(ledger.messages, elapsed)} messages, {_rate(ledger.count, elapsed)} readings)"
-    )
+    print(summary(ledger, elapsed, interrupted=interrupted))
     return 0
 
 

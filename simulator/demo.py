@@ -55,7 +55,7 @@ async def _run(args: argparse.Namespace) -> int:
     root = args.dir.resolve()
     if root.exists() and not args.keep:
         shutil.rmtree(root)
-    settings = LabSettings(tenant="demo", edge_id="edge-1")
+    settings = LabSettings(tenant="demo", edge_id="edge-1", mqtt_tls=True)
     lab = Lab(root, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -78,22 +78,28 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"  MQTT broker   {lab.mosquitto.url}")
         print(f"  NATS server   {lab.nats.url}")
         print(f"  hub API       {lab.api_url}")
+        print(f"  hub CA        {lab.ca_file} (TLS on NATS and the hub API)")
         print(f"  edge status   http://127.0.0.1:{lab.admin_port}/api/v1/status")
         print(f"  logs          {root}/*/*.log")
         print(f"  operator token (tenant demo):\n{token}\n")
         print("  try, in another shell:")
-        print(f'  curl -s -H "Authorization: Bearer {token}" {lab.api_url}/latest?device={dev}')
-        print(
-            f'  curl -s -H "Authorization: Bearer {token}" '
-            f"'{lab.api_url}/devices/{dev}/readings?sensor={sensor}&limit=5'"
-        )
+        curl = f'curl -s --cacert {lab.ca_file} -H "Authorization: Bearer {token}"'
+        print(f"  {curl} {lab.api_url}/latest?device={dev}")
+        print(f"  {curl} '{lab.api_url}/devices/{dev}/readings?sensor={sensor}&limit=5'")
         print(
             f"\n  fleet: {args.devices} devices x {args.sensors} sensors at {args.rate:g} Hz "
             f"over MQTT, seed {args.seed}. Ctrl-C stops everything.\n"
         )
         ledger = Ledger()
         sender = asyncio.create_task(
-            send_fleet(fleet, lab.mosquitto.url, instants=None, paced=True, ledger=ledger)
+            send_fleet(
+                fleet,
+                lab.mosquitto.url,
+                instants=None,
+                paced=True,
+                ledger=ledger,
+                tls=lab.mqtt_tls_context,
+            )
         )
         started = time.monotonic()
         tty = sys.stdout.isatty()

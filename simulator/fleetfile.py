@@ -469,7 +469,10 @@ def _transport(where: str, raw: object) -> Transport:
         raise ConfigError(f"{where}.kind", f"must be one of {', '.join(TRANSPORTS)}, not {kind!r}")
     if kind != "mqtt":  # checked with its device type (simulator.transports.check_transport)
         return Transport(kind, str(raw.get("format", "")), "", 1, dict(raw))
-    _known(raw, where, {"kind", "payload", "topic", "qos"})
+    _known(raw, where, {"kind", "payload", "topic", "qos", "ca_file"})
+    ca_file = raw.get("ca_file")
+    if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
+        raise ConfigError(f"{where}.ca_file", f"must be a file name, not {ca_file!r}")
     payload = raw.get("payload", "json")
     if payload not in _MQTT_PAYLOADS:
         raise ConfigError(

@@ -1,9 +1,13 @@
-"""Run a fleet file: each device type over its transport (MQTT for now), with a ledger.
+"""Run a fleet file: each device type over its transport, with a ledger.
 
-Each device type sends over its own connection (client id ``{client_id}-{type}``), paced from
-the same start, through :func:`simulator.send.publish_parts`: the same publisher, pacing and
-:class:`~simulator.send.Ledger` as ``send_fleet``. The ledger regenerates acknowledged readings
-from the fleet file's seed, exactly as :meth:`FleetFile.truth` lists them.
+Each device type sends over its own connection (MQTT client id ``{client_id}-{type}``; its own
+ports, HTTP session or socket), paced from the same start or on one open-loop schedule, through
+one loop for every transport (:func:`send_device_type`): parts of instants, the pacer
+(``simulator.send.Pacer`` or ``simulator.pacing``'s open loop), the live display's counters
+(``simulator.pacing.metered``) and the kind's sender (``simulator.transports``). The
+:class:`~simulator.send.Ledger` regenerates acknowledged readings from the fleet file's seed
+(for MQTT JSON and value payloads exactly as :meth:`FleetFile.truth` lists them; other formats
+as the edge names them).
 """
 
 from __future__ import annotations
@@ -12,17 +16,19 @@ import asyncio
 import itertools
 import json
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from contract.errors import CairnError
 from contract.model import Value
 from simulator.display import Progress, TransportCounts
+from simulator.encoders import Wire
 from simulator.fleetfile import Block, DeviceType, FleetFile
 from simulator.pacing import OpenLoop, metered
-from simulator.send import Ledger, Pacer, publish_parts
+from simulator.send import Ledger, Pacer
+from simulator.transports import Part, WirePart, batch_of, block_rows, encoder_for, sender_for
 
-__all__ = ["FilePart", "block_messages", "send_device_type", "send_fleet_file"]
+__all__ = ["FilePart", "block_messages", "send_device_type", "send_fleet_file", "spans"]
 
 _Item = tuple[str, str, int, Value]
 _Message = tuple[int, str, bytes, int | None, list[_Item]]
@@ -43,14 +49,8 @@ def block_messages(dtype: DeviceType, blk: Block) -> Iterator[_Message]:
     sends no message.
     """
     t = dtype.transport
-    stamps = [ts.tolist() for ts in blk.ts_us]
-    nominal = blk.nominal_us.tolist()
     devices = dtype.device_ids
-    # per device: (key, values, emitted) of each stream, as plain lists (fast to index)
-    streams = [
-        [(key, blk.values[d][key], col.emitted.tolist()) for key, col in blk.columns[d].items()]
-        for d in range(len(devices))
-    ]
+    stamps, nominal, streams = block_rows(blk)
     msg = 0
     for k in range(blk.n):
         due: int | None = nominal[k]
@@ -75,62 +75,40 @@ def block_messages(dtype: DeviceType, blk: Block) -> Iterator[_Message]:
 
 
 @dataclass(eq=False)
-class FilePart:
-    """One block of a device type's messages and which were acknowledged."""
+class FilePart(Part):
+    """One block of a device type's MQTT JSON or value messages (:func:`block_messages`)."""
 
-    dtype: DeviceType
-    start: int
-    n: int
-    counts: dict[int, int] = field(default_factory=dict)
-    """Readings per message sent and not yet acknowledged."""
-    acked: list[list[int]] = field(default_factory=list)
-    ready: Future[Block] | None = None
-    """The block, being generated ahead in a worker thread (see ``_prefetched``)."""
-
-    def messages(self) -> Iterator[tuple[int, str, bytes, int | None]]:
-        if self.ready is not None:
-            blk, self.ready = self.ready.result(), None
-        else:
-            blk = self.dtype.block(self.start, self.n)
+    def _messages(self, blk: Block) -> Iterator[tuple[int, Wire, int | None]]:
         for msg, topic, payload, due, items in block_messages(self.dtype, blk):
-            self.counts[msg] = len(items)
-            yield msg, topic, payload, due
-
-    def readings_in(self, msg: int) -> int:
-        return self.counts.pop(msg, 0)
-
-    def record(self, msg: int) -> None:
-        if self.acked and self.acked[-1][1] == msg:
-            self.acked[-1][1] = msg + 1
-        else:
-            self.acked.append([msg, msg + 1])
-
-    def items(self) -> Iterator[_Item]:
-        ranges = sorted(self.acked)
-        if not ranges:
-            return
-        pos = 0
-        blk = self.dtype.block(self.start, self.n)
-        for msg, _topic, _payload, _due, items in block_messages(self.dtype, blk):
-            while pos < len(ranges) and ranges[pos][1] <= msg:
-                pos += 1
-            if pos == len(ranges):
-                return
-            if ranges[pos][0] <= msg:
-                yield from items
+            yield msg, Wire(topic, payload, items), due
 
 
-def _parts(dtype: DeviceType, instants: range | None) -> Iterator[FilePart]:
-    size = dtype.block_size()
+def _parts(dtype: DeviceType, instants: range | None) -> Iterator[Part]:
+    """A device type's instants (``None``: endless) in blocks, as the parts of its transport:
+    MQTT JSON and value payloads made here, every other format by its encoder."""
+    t = dtype.transport
+    make: Callable[[int, int], Part]
+    if t.kind == "mqtt" and t.payload in {"json", "value"}:
+        size = dtype.block_size()
+
+        def make(start: int, n: int) -> Part:
+            return FilePart(dtype, start, n)
+    else:
+        encoder, batch = encoder_for(dtype), batch_of(dtype)
+        size = max(batch, dtype.block_size() // batch * batch)
+
+        def make(start: int, n: int) -> Part:
+            return WirePart(dtype, start, n, encoder, batch)
+
     if instants is None:
         for start in itertools.count(0, size):
-            yield FilePart(dtype, start, size)
+            yield make(start, size)
         return
     for start in range(instants.start, instants.stop, size):
-        yield FilePart(dtype, start, min(size, instants.stop - start))
+        yield make(start, min(size, instants.stop - start))
 
 
-def _prefetched(parts: Iterator[FilePart]) -> Iterator[FilePart]:
+def _prefetched(parts: Iterator[Part]) -> Iterator[Part]:
     """The parts, each one's block generated in a worker thread while the one before it is
     sent: a large fleet's next block (seconds of work) does not stall an open-loop schedule."""
     pool = ThreadPoolExecutor(1, thread_name_prefix="sim-block")
@@ -162,41 +140,68 @@ async def send_device_type(
     done: Progress | None = None,  # instants done, for its progress bar
     open_loop: OpenLoop | None = None,  # a clock-driven schedule (simulator.pacing)
 ) -> Ledger:
-    """Send one device type's instants (``None``: endless) over MQTT; returns the ledger."""
-    if dtype.transport.kind != "mqtt" or dtype.transport.payload == "senml":
-        from simulator import transports  # noqa: PLC0415 - the other kinds' senders
+    """Send one device type's instants (``None``: endless) over its transport (``url``: the
+    MQTT broker, for ``mqtt``); returns the ledger.
 
-        return await transports.send_device_type(
-            dtype,
-            url,
-            instants=instants,
-            paced=paced,
-            speed=speed,
-            ledger=ledger,
-            client_id=client_id,
-            progress=progress,
-        )
+    Every transport the same way: parts (:func:`_parts`), paced (``paced``, ``speed``) or on
+    ``open_loop``'s schedule, counted into ``counts`` (readings sent, and acknowledged as the
+    acknowledgements arrive) and ``done``, each message handed to the kind's sender
+    (:func:`simulator.transports.sender_for`), which acknowledges it into ``ledger``.
+    """
     ledger = ledger if ledger is not None else Ledger()
-    first = instants.start if instants is not None else 0
     if instants is not None and len(instants) == 0:
         return ledger
+    first = instants.start if instants is not None else 0
     first_ts = dtype.start_us + round(first * 1e6 / dtype.rate_hz)  # as instant_ts
-    pacer = Pacer(first_ts, speed) if paced else None
-    parts = ((part, part.messages()) for part in _parts(dtype, instants))
-    if open_loop is not None:
-        pacer = open_loop.pacer(first_ts)
-        parts = ((part, part.messages()) for part in _prefetched(_parts(dtype, instants)))
-    if counts is not None or done is not None or open_loop is not None:
-        parts = metered(dtype, parts, counts=counts, progress=done, open_loop=open_loop)  # type: ignore[assignment]
-    return await publish_parts(
-        url,
-        parts,
-        pacer=pacer,
-        qos=dtype.transport.qos,
-        ledger=ledger,
-        client_id=client_id,
-        progress=progress,
-    )
+    pacer: Pacer | None = Pacer(first_ts, speed) if paced else None
+
+    def ack(part: Part, msg: int) -> None:
+        before = ledger.count
+        ledger._ack(part, msg)  # noqa: SLF001
+        if counts is not None:
+            counts.acked += ledger.count - before
+        if progress is not None:
+            progress(ledger.messages, ledger.count)
+
+    parts = _parts(dtype, instants)
+    sender = sender_for(dtype, url, client_id)
+    await sender.open()
+    try:
+        if open_loop is not None:  # connected, the first block made, then wait for the others
+            pacer = open_loop.pacer(first_ts)
+            parts = _prefetched(parts)
+            head = next(parts)
+            if head.ready is not None:
+                await asyncio.wrap_future(head.ready)
+            parts = itertools.chain([head], parts)
+            await open_loop.ready()
+        messages: Iterator[tuple[Part, Iterator[tuple[int, Wire, int | None]]]]
+        messages = ((p, p.wires()) for p in parts)
+        if counts is not None or done is not None or open_loop is not None:
+            messages = metered(dtype, messages, counts=counts, progress=done, open_loop=open_loop)
+        for part, wires in messages:
+            ledger._add_part(part)  # noqa: SLF001
+            for msg, wire, due in wires:
+                if pacer is not None and due is not None:
+                    await pacer.wait(due)
+                await sender.send(part, msg, wire, ack)
+    finally:
+        await sender.close()
+    return ledger
+
+
+def spans(fleet: FleetFile, seconds: float | None, count: int | None) -> dict[str, range | None]:
+    """Each device type's instants: ``count`` of each, ``seconds`` of fleet time, or (both
+    ``None``) endless (``None``)."""
+
+    def span(t: DeviceType) -> range | None:
+        if count is not None:
+            return range(count)
+        if seconds is not None:
+            return range(t.instants_in(seconds))
+        return None
+
+    return {t.name: span(t) for t in fleet.device_types}
 
 
 async def send_fleet_file(
@@ -219,17 +224,10 @@ async def send_fleet_file(
     ``counters`` (transport kind -> counts) and ``done`` feed the live display; ``open_loop``
     paces every type on one clock-driven schedule (``simulator.pacing``)."""
     ledger = ledger if ledger is not None else Ledger()
-
-    def span(t: DeviceType) -> range | None:
-        if count is not None:
-            return range(count)
-        if seconds is not None:
-            return range(t.instants_in(seconds))
-        return None
-
+    which = spans(fleet, seconds, count)
     if open_loop is not None:
         for t in fleet.device_types:
-            open_loop.expect(t, span(t))
+            open_loop.expect(t, which[t.name])
     try:
         async with asyncio.TaskGroup() as group:
             for t in fleet.device_types:
@@ -237,7 +235,7 @@ async def send_fleet_file(
                     send_device_type(
                         t,
                         url,
-                        instants=span(t),
+                        instants=which[t.name],
                         paced=paced,
                         speed=speed,
                         ledger=ledger,

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -26,11 +27,12 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from contract.natsconn import NatsIdentity
 from contract.signing import load_or_create_key, public_key_bytes
 from hub.api import make_app
 from hub.api_identity import NATS_URL
 from hub.config import load_config
-from hub.edges_cli import ca_pem
+from hub.pki import api_tls, ensure_pki, site_tls_files
 from hub.registry import Registry
 from hub.service import authority, open_registry
 from hub.store import SqliteStore
@@ -63,6 +65,13 @@ class LabSettings:
     """Lines added to the edge's ``[forwarder]`` section (e.g. ``backoff_max_s = 1.0``)."""
     extra_hub_toml: str = ""
     """Sections added to the hub's config (e.g. ``[auth]`` ``retired_key_grace_s = 3``)."""
+    tls: bool = True
+    """TLS on NATS and the hub API, with the CA the hub makes (``[tls]`` of the hub): the
+    edge enrolls over HTTPS trusting that CA and reaches NATS over TLS."""
+    mqtt_tls: bool = False
+    """Mosquitto listens with TLS (``mqtts://``, a site CA of its own under
+    ``root/mosquitto/tls``): the edge's MQTT source and senders given
+    :attr:`Lab.mqtt_tls_context` verify it."""
 
 
 class ManagedProcess:
@@ -141,11 +150,16 @@ class ManagedProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _get_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
+def _get_json(
+    url: str,
+    token: str | None = None,
+    timeout: float = 5.0,
+    context: ssl.SSLContext | None = None,
+) -> Any:
     req = urllib.request.Request(url)  # noqa: S310 - loopback URLs built here
     if token is not None:
         req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+    with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
         return json.loads(resp.read())
 
 
@@ -154,17 +168,19 @@ def _hub_api_only(config_path: Path) -> Iterator[None]:
     """The hub's REST API alone (no ingest, no NATS), in a thread, on the configured port."""
     config = load_config(config_path)
     config.hub.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pki, ssl_context = api_tls(config)
     loop = asyncio.new_event_loop()
     store = SqliteStore(config.hub.store_path)
     registry = open_registry(config)
-    app = make_app(store, authority(config), registry=registry, ca_pem=ca_pem(config))
+    ca = pki.ca_cert.read_bytes() if pki is not None else None
+    app = make_app(store, authority(config), registry=registry, ca_pem=ca)
     app[NATS_URL] = config.nats.public_url or config.nats.url
     runner = web.AppRunner(app, access_log=None)
     host, port = config.api_host_port
 
     async def serve() -> None:
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
 
     ready = concurrent.futures.Future[None]()
 
@@ -200,8 +216,18 @@ class Lab:
         self.root = root
         self.settings = settings or LabSettings()
         root.mkdir(parents=True, exist_ok=True)
-        self.mosquitto = Mosquitto(root / "mosquitto")
-        self.nats = NatsServer(root / "nats")
+        site_tls = (
+            site_tls_files(root / "mosquitto" / "tls", "mosquitto")
+            if self.settings.mqtt_tls
+            else None
+        )
+        self.mosquitto = Mosquitto(root / "mosquitto", tls=site_tls)
+        pki = root / "hub" / "state" / "pki"
+        self.ca_file = pki / "ca.pem"
+        """The hub's CA (made by :meth:`start`), which the edge, NATS clients and API clients
+        trust when ``settings.tls`` is on."""
+        tls = (self.ca_file, pki / "nats.pem", pki / "nats.key") if self.settings.tls else None
+        self.nats = NatsServer(root / "nats", tls=tls)
         self.api_port = free_port()
         self.admin_port = free_port()
         (root / "hub").mkdir(exist_ok=True)
@@ -223,6 +249,7 @@ class Lab:
         self.hub.env = dict(self.settings.env)
         self.edge.env = dict(self.settings.env)
         self._token: str | None = None
+        self._api_ssl: ssl.SSLContext | None = None
         self.edge_nats_url: str | None = None
         """Where the edge finds NATS, if not at ``nats.url`` (a fault proxy in between)."""
 
@@ -235,7 +262,10 @@ class Lab:
             "[nats]\n"
             f'url = "{self.nats.url}"\n'
             "[api]\n"
-            f'listen = "127.0.0.1:{self.api_port}"\n' + s.extra_hub_toml
+            f'listen = "127.0.0.1:{self.api_port}"\n'
+            "[tls]\n"
+            f"api = {str(s.tls).lower()}\n"
+            f"nats = {str(s.tls).lower()}\n" + s.extra_hub_toml
         )
         topics = ",\n  ".join(f'{{ pattern = "{p}", format = "{f}" }}' for p, f in s.topics)
         self.edge.config.write_text(
@@ -256,13 +286,15 @@ class Lab:
             "[[mqtt]]\n"
             'name = "mqtt"\n'
             f'url = "{self.mosquitto.url}"\n'
-            f"receive_maximum = {s.receive_maximum}\n"
+            + (f'ca_file = "{self.mosquitto.tls[0]}"\n' if self.mosquitto.tls else "")
+            + f"receive_maximum = {s.receive_maximum}\n"
             f"topics = [\n  {topics},\n]\n" + s.extra_edge_toml
         )
 
     # --------------------------------------------------------------- lifecycle
     def start(self, *, edge: bool = True, hub: bool = True) -> Self:
         self.mosquitto.start()
+        self.prepare_pki()
         self.nats.start()
         self._write_configs()
         if hub:
@@ -270,6 +302,13 @@ class Lab:
         if edge:
             self.start_edge()
         return self
+
+    def prepare_pki(self) -> None:
+        """The hub's CA and server certificates, made before NATS starts (as a deployer does
+        with ``cairn-hub pki init``) so the server can present its certificate."""
+        if self.settings.tls:
+            self._write_configs()
+            ensure_pki(load_config(self.hub.config))
 
     def start_hub(self, timeout: float = 30.0) -> None:
         self.hub.start()
@@ -297,9 +336,8 @@ class Lab:
                 ).token
             finally:
                 registry.close()
-            self._edge_cli(
-                "enroll", "--hub", f"http://127.0.0.1:{self.api_port}", "--token", token, "--force"
-            )
+            trust = ["--ca", str(self.ca_file)] if self.settings.tls else []
+            self._edge_cli("enroll", "--hub", self.hub_url, "--token", token, "--force", *trust)
 
     def rotate_edge_key(self) -> str:
         """``cairn-edge rotate-key`` (the hub must be running); the new key's fingerprint."""
@@ -367,8 +405,36 @@ class Lab:
 
     # ----------------------------------------------------------------- queries
     @property
+    def hub_url(self) -> str:
+        """The hub API's base URL (``https://`` when TLS is on)."""
+        return f"{'https' if self.settings.tls else 'http'}://127.0.0.1:{self.api_port}"
+
+    @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}/api/v1"
+        return f"{self.hub_url}/api/v1"
+
+    @property
+    def api_ssl_context(self) -> ssl.SSLContext | None:
+        """Trusts the hub's CA (``None`` when TLS is off): for clients of :attr:`api_url`."""
+        if not self.settings.tls:
+            return None
+        if self._api_ssl is None:  # made once: the CA stays (polls call this often)
+            self._api_ssl = ssl.create_default_context(cafile=str(self.ca_file))
+        return self._api_ssl
+
+    @property
+    def mqtt_tls_context(self) -> ssl.SSLContext | None:
+        """Trusts the site broker's CA (``None`` when Mosquitto runs without TLS): pass it as
+        ``send_fleet(..., tls=lab.mqtt_tls_context)``."""
+        if self.mosquitto.tls is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.mosquitto.tls[0]))
+
+    @property
+    def nats_identity(self) -> NatsIdentity:
+        """How a test or tool connects to the lab's NATS as a trusted client:
+        ``nats.connect(lab.nats.url, **lab.nats_identity.options())``."""
+        return NatsIdentity(ca_file=str(self.ca_file) if self.settings.tls else None)
 
     def token(self, role: str = "operator") -> str:
         """A hub API token for the lab's tenant, minted with ``cairn-hub token create``."""
@@ -397,7 +463,7 @@ class Lab:
         return self._token
 
     def api(self, path: str) -> Any:
-        return _get_json(self.api_url + path, self.token())
+        return _get_json(self.api_url + path, self.token(), context=self.api_ssl_context)
 
     def edge_status(self) -> Any:
         try:

@@ -7,6 +7,9 @@ PUBLISH at QoS 0 and 1, PUBACK, PINGREQ/PINGRESP and DISCONNECT. Publishes are e
 into one buffer with pre-encoded topics and written to the socket once per event-loop turn (or
 every 64 KiB); ``publish`` waits only for room in the in-flight window, never for its PUBACK.
 
+TLS: an ``mqtts://`` URL (port 8883 by default) and :func:`tls_context` (the system's trusted
+CAs, or a CA file such as a fleet file's ``ca_file``) passed as ``MqttPublisher(tls=...)``.
+
 There is no reconnection and no retransmission: a broken connection fails every later (and
 every waiting) ``publish`` and ``drain`` with ``MqttError``, and whatever was not acknowledged
 by then was, as far as the caller may know, not delivered.
@@ -17,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final, Self
 
-from contract.errors import CairnError
+from contract.errors import CairnError, ConfigError
 
-__all__ = ["MqttError", "MqttPublisher", "parse_mqtt_url"]
+__all__ = ["MqttError", "MqttPublisher", "parse_mqtt_url", "tls_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,22 +56,41 @@ class MqttError(CairnError):
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """``mqtt://host[:port]`` (or ``host[:port]``) -> ``(host, port)``; port 1883 by default."""
-    rest = url.removeprefix("mqtt://").rstrip("/")
+    """``mqtt://host[:port]`` (or ``host[:port]``) -> ``(host, port)``; port 1883 by default
+    (``mqtts://``: 8883, see :func:`tls_context`)."""
+    tls = url.startswith("mqtts://")
+    rest = url.removeprefix("mqtts://" if tls else "mqtt://").rstrip("/")
     if "://" in rest:
-        raise MqttError(f"unsupported URL {url!r} (only mqtt://host:port)")
+        raise MqttError(f"unsupported URL {url!r} (only mqtt://host:port or mqtts://)")
     if rest.startswith("["):  # [::1]:1883
         host, _, tail = rest[1:].partition("]")
         port_text = tail.removeprefix(":")
     else:
         host, _, port_text = rest.partition(":")
     try:
-        port = int(port_text) if port_text else 1883
+        port = int(port_text) if port_text else (8883 if tls else 1883)
     except ValueError:
         raise MqttError(f"bad port in {url!r}") from None
     if not host or not 0 < port < 65536:
         raise MqttError(f"bad MQTT URL {url!r}")
     return host, port
+
+
+def tls_context(url: str, ca_file: str | None = None) -> ssl.SSLContext | None:
+    """The TLS context of a broker URL: ``None`` for ``mqtt://``; for ``mqtts://`` one that
+    checks the broker's certificate and host name against ``ca_file`` (PEM), or the system's
+    CAs. A ``ca_file`` with a plain ``mqtt://`` URL, or one that cannot be read, is a
+    ``ConfigError`` naming ``ca_file``."""
+    if not url.startswith("mqtts://"):
+        if ca_file is not None:
+            raise ConfigError("ca_file", f"needs an mqtts:// broker URL, not {url!r}")
+        return None
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise ConfigError("ca_file", f"no such file: {ca_file}")
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError as exc:
+        raise ConfigError("ca_file", f"not a PEM CA certificate: {ca_file} ({exc})") from None
 
 
 def _varint(n: int) -> bytes:
@@ -120,7 +144,9 @@ class MqttPublisher:
         keepalive: int = 60,
         max_in_flight: int = 2000,
         connect_timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: connect over TLS with this context (:func:`tls_context`)."""
         if not 1 <= max_in_flight <= 65535:
             raise ValueError("max_in_flight must be in 1..65535 (packet ids are 16 bits)")
         if not 0 <= keepalive <= 65535:
@@ -131,6 +157,7 @@ class MqttPublisher:
         self.keepalive = keepalive
         self.max_in_flight = max_in_flight
         self.connect_timeout = connect_timeout
+        self.tls = tls
         self.sent = 0
         self.acked = 0
         self._pending: dict[int, object] = {}
@@ -173,11 +200,15 @@ class MqttPublisher:
         loop = asyncio.get_running_loop()
         self._connack = loop.create_future()
         self._lost = loop.create_future()
-        where = f"mqtt://{self.host}:{self.port}"
+        where = f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
         try:
             async with asyncio.timeout(self.connect_timeout):
                 transport, _ = await loop.create_connection(
-                    lambda: _Protocol(self), self.host, self.port
+                    lambda: _Protocol(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host if self.tls is not None else None,
                 )
                 self._transport = transport
                 transport.write(packet)

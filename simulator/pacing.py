@@ -1,11 +1,14 @@
 """Open-loop load: sends scheduled by the clock, not by acknowledgements, and what it achieved.
 
 ``cairn-sim run FLEET --target-rate R`` (or ``--open-loop``) paces a fleet file with an
-:class:`OpenLoop`. Every message gets its own due time, fixed in advance: instant ``k`` of a
-device type is due at ``origin + (ts(k) - ts(0)) / speed``, and the messages of one instant are
-spread evenly over the instant's period (device ``d`` of ``N`` at ``d / N`` of it), as real
-devices are not synchronised. ``speed`` is ``R`` over the fleet's own rate
-(:func:`fleet_rate`: devices x rate x emitted sensors, readings/s), or ``--speed``.
+:class:`OpenLoop`, every transport alike (``simulator.fleetrun.send_device_type``). Every
+message gets its own due time, fixed in advance: instant ``k`` of a device type is due at
+``origin + (ts(k) - ts(0)) / speed``, and the messages of one instant are spread evenly over
+the instant's period (device ``d`` of ``N`` at ``d / N`` of it), as real devices are not
+synchronised. The origin is fixed by the first send once every device type is ready
+(:meth:`OpenLoop.ready`: connected, first block made). ``speed`` is ``R`` over the fleet's own
+rate (:func:`fleet_rate`: devices x rate x the readings the edge makes of one instant,
+readings/s), or ``--speed``. :func:`transport_lines` says what each transport achieved.
 
 Open loop means the schedule never moves: a slow receiver (acknowledgements arriving late, a
 full in-flight window, a full socket) delays the sends but not the times they were due. A send
@@ -23,15 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar, cast
 
 from contract.errors import ConfigError
-from contract.model import Value
 from simulator.display import Progress, TransportCounts
 from simulator.fleetfile import DeviceType, FleetFile
-from simulator.send import LedgerPart, Pacer
+from simulator.send import Pacer
+from simulator.transports import messages_per_instant, readings_per_device
 
 __all__ = [
     "LoadReport",
@@ -42,12 +45,15 @@ __all__ = [
     "RealClock",
     "fleet_rate",
     "metered",
+    "transport_lines",
+    "transport_rates",
 ]
 
 _TOLERANCE_S: Final = 0.005
 """A send due within this much is sent now (batched), and counts as on time."""
 
 _M = TypeVar("_M", bound=tuple[Any, ...])
+_P = TypeVar("_P", bound="_PartLike")
 
 
 class MonoClock(Protocol):
@@ -69,9 +75,21 @@ class RealClock:
 
 
 def fleet_rate(fleet: FleetFile) -> float:
-    """The fleet's nominal readings per second: every emitted sensor of every device at its
-    rate (dropouts make the real rate a little lower)."""
-    return sum(t.count * t.rate_hz * len(t.emitted_keys) for t in fleet.device_types)
+    """The fleet's nominal readings per second, as the edge counts them: every device at its
+    rate times the readings its transport makes of one instant (one per emitted sensor for
+    MQTT JSON and value; a format that splits a GPS fix or a vector into numbers, or adds
+    readings, makes more: :func:`~simulator.transports.readings_per_device`). Dropouts make
+    the real rate a little lower."""
+    return sum(transport_rates(fleet).values())
+
+
+def transport_rates(fleet: FleetFile) -> dict[str, float]:
+    """:func:`fleet_rate` per transport kind (``"mqtt"``, ``"serial"``...), in file order."""
+    out: dict[str, float] = {}
+    for t in fleet.device_types:
+        kind = t.transport.kind
+        out[kind] = out.get(kind, 0.0) + t.count * t.rate_hz * readings_per_device(t)
+    return out
 
 
 @dataclass(frozen=True)
@@ -188,6 +206,9 @@ class OpenLoop:
         self.stats = LoadStats()
         self._origin: tuple[float, int] | None = None
         self._end_ts: int | None = None
+        self._expected = 0
+        self._arrived = 0
+        self._all_ready = asyncio.Event()
 
     @classmethod
     def for_rate(cls, fleet: FleetFile, rate: float, *, clock: MonoClock | None = None) -> OpenLoop:
@@ -216,11 +237,25 @@ class OpenLoop:
         return OpenLoopPacer(self, first_ts)
 
     def expect(self, dtype: DeviceType, instants: range | None) -> None:
-        """Note the end of a device type's bounded schedule (for the achieved rate's window)."""
-        if instants is None or len(instants) == 0:
+        """Note a device type that will send (:meth:`ready` waits for it) and the end of its
+        bounded schedule (for the achieved rate's window)."""
+        if instants is not None and len(instants) == 0:
+            return
+        self._expected += 1
+        if instants is None:
             return
         end_ts = dtype.start_us + round(instants.stop * 1e6 / dtype.rate_hz)
         self._end_ts = end_ts if self._end_ts is None else max(self._end_ts, end_ts)
+
+    async def ready(self) -> None:
+        """A device type is connected and has its first readings made: wait until every
+        expected type is, so that the schedule's origin (fixed by the first send) does not
+        leave the slower ones behind from the start (a serial port the edge has not opened
+        yet, a WebSocket still connecting)."""
+        self._arrived += 1
+        if self._arrived >= self._expected:
+            self._all_ready.set()
+        await self._all_ready.wait()
 
     def report(self, acked: int, *, bounded: bool) -> LoadReport:
         if self._end_ts is not None and self._origin is not None:
@@ -236,13 +271,17 @@ class OpenLoopPacer(Pacer):
         self.first_ts = first_ts
         self.speed = loop.speed
         self.origin = 0.0  # the loop's origin is fixed by the first wait (after connecting)
+        self._begun = False
 
     async def wait(self, ts: int) -> None:
         loop = self.loop
-        due = loop.wall(ts)
         stats = loop.stats
-        if stats.first_due is None or due < stats.first_due:
-            stats.first_due = due
+        if not self._begun:  # the schedule's window opens at the first instant, even when the
+            self._begun = True  # first message is due later (a batch of instants sent at once)
+            begin = loop.wall(self.first_ts)
+            if stats.first_due is None or begin < stats.first_due:
+                stats.first_due = begin
+        due = loop.wall(ts)
         now = loop.clock.now()
         if due - now > loop.tolerance_s:
             await loop.clock.sleep(due - now)
@@ -250,57 +289,37 @@ class OpenLoopPacer(Pacer):
         stats.record(due, now, loop.tolerance_s)
 
 
-class _CountedPart:
-    """A ledger part that also counts its acknowledged readings into a transport's counters."""
-
-    def __init__(self, part: LedgerPart, counts: TransportCounts) -> None:
-        self.part = part
-        self.counts = counts
-
-    def readings_in(self, msg: int) -> int:
-        n = self.part.readings_in(msg)
-        self.counts.acked += n
-        return n
-
-    def record(self, msg: int) -> None:
-        self.part.record(msg)
-
-    def items(self) -> Iterator[tuple[str, str, int, Value]]:
-        return self.part.items()
-
-
-class _FilePartLike(LedgerPart, Protocol):
+class _PartLike(Protocol):
     start: int
     n: int
     counts: dict[int, int]
-    """Readings per message, set when the message is generated (``FilePart.counts``)."""
+    """Readings per message, set when the message is generated (``Part.counts``)."""
 
 
 def metered(
     dtype: DeviceType,
-    parts: Iterator[tuple[_FilePartLike, Iterator[_M]]],
+    parts: Iterator[tuple[_P, Iterator[_M]]],
     *,
     counts: TransportCounts | None = None,
     progress: Progress | None = None,
     open_loop: OpenLoop | None = None,
-) -> Iterator[tuple[LedgerPart, Iterator[_M]]]:
-    """A device type's parts, counted (sent and acknowledged readings into ``counts``, instants
-    done into ``progress``) and, with ``open_loop``, every message given its own due time.
+) -> Iterator[tuple[_P, Iterator[_M]]]:
+    """A device type's parts, counted (sent readings into ``counts``, instants done into
+    ``progress``) and, with ``open_loop``, every message given its own due time.
 
     A message is any tuple whose first item is its index in its part and whose last is its due
-    timestamp (``None`` but on the first message of an instant): ``(msg, topic, payload, due)``
-    for MQTT, ``(msg, wire, due)`` for other transports. A part has ``start``, ``n`` and
-    ``counts`` (readings per message, set as the message is generated), as ``FilePart`` does.
-    Acknowledged readings are counted when the ledger asks the part returned here (which
-    forwards to the original) how many readings an acknowledged message carried.
+    timestamp (``None`` but on the first message of an instant): ``(msg, wire, due)`` from
+    ``Part.wires`` for every transport. A part has ``start``, ``n`` and ``counts`` (readings
+    per message, set as the message is generated), as ``simulator.transports.Part`` has.
+    Acknowledged readings are counted by the sender's acknowledgement (``counts.acked``, in
+    ``simulator.fleetrun.send_device_type``), not here.
     """
-    t = dtype.transport
-    per_instant = dtype.count * (1 if t.payload == "json" else len(dtype.emitted_keys))
+    per_instant = messages_per_instant(dtype)
     period_us = 1e6 / dtype.rate_hz
     slot_us = period_us / max(1, per_instant)
     stats = open_loop.stats if open_loop is not None else None
 
-    def messages(part: _FilePartLike, inner: Iterator[_M]) -> Iterator[_M]:
+    def messages(part: _P, inner: Iterator[_M]) -> Iterator[_M]:
         base: int | None = None
         j = 0
         done = 0  # instants of this part counted into progress
@@ -325,5 +344,26 @@ def metered(
             progress.done += part.n - done
 
     for part, inner in parts:
-        ledger_part: LedgerPart = part if counts is None else _CountedPart(part, counts)
-        yield ledger_part, messages(part, inner)
+        yield part, messages(part, inner)
+
+
+def transport_lines(
+    report: LoadReport, counts: Mapping[str, TransportCounts], targets: Mapping[str, float]
+) -> list[str]:
+    """What each transport achieved over the run's window: readings sent and acknowledged per
+    second against its share of the target (``targets``: nominal readings/s per kind, times
+    the run's speed), with the totals."""
+    lines = []
+    w = report.window_s
+    for kind in sorted(counts):
+        c = counts[kind]
+        target = targets.get(kind, 0.0)
+        sent = c.sent / w if w > 0 else 0.0
+        acked = c.acked / w if w > 0 else 0.0
+        ratio = f" ({sent / target:.1%} of target)" if target > 0 else ""
+        lines.append(
+            f"  {kind:<7} target {target:,.0f}/s, achieved {sent:,.0f}/s sent{ratio}, "
+            f"{acked:,.0f}/s acknowledged; {c.sent:,} readings sent, {c.acked:,} acknowledged, "
+            f"{c.errors:,} errors"
+        )
+    return lines

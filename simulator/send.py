@@ -21,6 +21,7 @@ import asyncio
 import itertools
 import json
 import math
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from contract.errors import ConfigError
 from contract.model import Reading, Value
 from simulator.fleet import Fleet, canonical_value, reading_key
 from simulator.generators import kind_info
-from simulator.mqtt_wire import MqttPublisher, parse_mqtt_url
+from simulator.mqtt_wire import MqttPublisher, parse_mqtt_url, tls_context
 
 __all__ = ["MODES", "Ledger", "LedgerPart", "Pacer", "publish_parts", "send_fleet"]
 
@@ -240,6 +241,7 @@ async def send_fleet(
     ledger: Ledger | None = None,
     client_id: str = "cairn-sim",
     progress: Callable[[int, int], None] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Ledger:
     """Publish ``fleet``'s readings of ``instants`` (``None``: 0, 1, 2... forever) to ``url``.
 
@@ -249,6 +251,7 @@ async def send_fleet(
     leave as fast as the broker acknowledges them (2,000 in flight). Returns the ledger
     (``ledger`` if given, filled as acknowledgements arrive); ``progress(messages, readings)`` is
     called after each acknowledgement. ``MqttError`` if the connection fails or breaks.
+    An ``mqtts://`` URL speaks TLS, verified by ``tls`` (default: the system's CAs).
     """
     _validate(mode, instants_per_message, speed, qos, instants)
     parse_mqtt_url(url)
@@ -266,7 +269,14 @@ async def send_fleet(
         )
     )
     return await publish_parts(
-        url, parts, pacer=pacer, qos=qos, ledger=ledger, client_id=client_id, progress=progress
+        url,
+        parts,
+        pacer=pacer,
+        qos=qos,
+        ledger=ledger,
+        client_id=client_id,
+        progress=progress,
+        tls=tls,
     )
 
 
@@ -279,6 +289,7 @@ async def publish_parts(
     ledger: Ledger,
     client_id: str,
     progress: Callable[[int, int], None] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Ledger:
     """Publish each part's messages ``(index, topic, payload, due)``, filling ``ledger``.
 
@@ -294,7 +305,8 @@ async def publish_parts(
         if progress is not None:
             progress(ledger.messages, ledger.count)
 
-    async with MqttPublisher(host, port, client_id) as pub:
+    context = tls if tls is not None else tls_context(url)
+    async with MqttPublisher(host, port, client_id, tls=context) as pub:
         pub.on_ack(on_ack)
         for part, messages in parts:
             ledger._add_part(part)  # noqa: SLF001

@@ -195,11 +195,15 @@ class NatsServer(_Server):
         extra_config: str = "",
         sync_interval: str = "always",
         *,
+        tls: tuple[Path, Path, Path] | None = None,
         authorization_include: Path | None = None,
     ) -> None:
-        """``authorization_include``: a file with the server's ``authorization`` block (the
+        """``tls`` = (CA file, server certificate, server key) makes the server require TLS
+        (clients then connect to :attr:`url`, ``tls://``, trusting that CA).
+        ``authorization_include``: a file with the server's ``authorization`` block (the
         hub writes one: :mod:`hub.natsauth`), included by the config and re-read on
         :meth:`reload`."""
+        self.tls = tls
         self.folder = folder
         self.authorization_include = authorization_include
         folder.mkdir(parents=True, exist_ok=True)
@@ -216,14 +220,14 @@ class NatsServer(_Server):
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     def _config(self) -> str:
         text = (
             f'host: "127.0.0.1"\nport: {self.port}\nlog_file: "{self.log}"\n'
             f'pid_file: "{self.pid_file}"\n'
             f'jetstream {{ store_dir: "{self.store}", sync_interval: {self.sync_interval} }}\n'
-            f"{self.extra_config}\n"
+            f"{self.extra_config}\n{self._tls_block()}"
         )
         if self.authorization_include is not None:
             # nats-server resolves `include` against the config file's folder, even an
@@ -256,6 +260,12 @@ class NatsServer(_Server):
             time.sleep(0.02)
         self.kill()
         raise TimeoutError(f"nats-server not ready after {timeout}s; see {self.log}")
+
+    def _tls_block(self) -> str:
+        if self.tls is None:
+            return ""
+        ca, cert, key = self.tls
+        return f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca}", timeout: 5 }}\n'
 
     def restart(self) -> Self:
         self.stop()

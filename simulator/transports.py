@@ -1,16 +1,19 @@
-"""Fleet-file transports beyond MQTT JSON: one sender class per kind, and their validation.
+"""Fleet-file transports: one sender class per kind, the parts they send, and their validation.
 
 A device type's ``transport`` table picks a kind and a format (:data:`simulator.encoders.FORMATS`);
-:func:`check_transport` validates it (errors name the key, as the rest of the fleet file), and
-:func:`send_device_type` sends the type's instants through the kind's sender, filling the same
-:class:`~simulator.send.Ledger` as MQTT: the ledger's readings are the edge's names and values
-(``simulator.encoders``), regenerated from the seed when asked.
+:func:`check_transport` validates it (errors name the key, as the rest of the fleet file).
+``simulator.fleetrun.send_device_type`` sends every kind the same way: blocks of instants as
+:class:`Part` s (``WirePart`` here, through the format's encoder), paced or open loop
+(``simulator.pacing``), counted for the live display, through the kind's :class:`Sender`
+(:func:`sender_for`), filling a :class:`~simulator.send.Ledger`: the ledger's readings are the
+edge's names and values (``simulator.encoders``), regenerated from the seed when asked.
 
 Kinds:
 
-``mqtt`` with ``payload = "senml"``
-    Through the MQTT publisher of ``simulator.send`` (``json`` and ``value`` stay in
-    ``simulator.fleetrun``). Acknowledged at the broker's PUBACK.
+``mqtt``
+    Through the MQTT publisher of ``simulator.mqtt_wire`` (:class:`MqttSender`); ``json`` and
+    ``value`` payloads are made by ``simulator.fleetrun.FilePart``, ``senml`` by its encoder.
+    Acknowledged at the broker's PUBACK (QoS 1), or once handed to the connection (QoS 0).
 ``serial``
     ``port``: a path (``{device}`` in it when the type has several devices: a serial source
     reads one device). A path that does not exist (or is a symbolic link) becomes a
@@ -48,7 +51,7 @@ import time
 import tty
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 from urllib.parse import urlsplit
@@ -75,25 +78,32 @@ from simulator.encoders import (
     check_fields,
     flatten,
 )
-from simulator.send import Ledger, Pacer
 
 if TYPE_CHECKING:
-    from simulator.fleetfile import DeviceType, Transport
+    from concurrent.futures import Future
+
+    from simulator.fleetfile import Block, DeviceType, Transport
 
 __all__ = [
     "BleSender",
     "HttpSender",
     "MqttSender",
+    "Part",
     "Sender",
     "SerialSender",
     "TransportError",
     "WirePart",
     "WsSender",
+    "batch_of",
+    "block_rows",
     "check_transport",
+    "destination",
     "edge_ble_devices",
     "edge_sources_toml",
     "encoder_for",
-    "send_device_type",
+    "messages_per_instant",
+    "readings_per_device",
+    "sender_for",
 ]
 
 _IN_FLIGHT: Final = 512
@@ -315,9 +325,10 @@ def edge_sources_toml(
     src = name or dtype.name
     if t.kind == "mqtt":
         topic = t.topic or t.topic_for("{device}", "{sensor}")
+        ca = f'ca_file = "{o["ca_file"]}"\n' if "ca_file" in o else ""
         return (
             f'[[mqtt]]\nname = "{src}"\nurl = "{mqtt_url}"\nclient_id = "cairn-edge-{src}"\n'
-            f'topics = [{{ pattern = "{topic}", format = "{t.payload}" }}]\n'
+            f'topics = [{{ pattern = "{topic}", format = "{t.payload}" }}]\n{ca}'
         )
     if t.kind == "serial":
         fmt = str(o.get("format", "jsonl"))
@@ -349,37 +360,82 @@ def edge_sources_toml(
 
 # --- the ledger's parts --------------------------------------------------------------------
 
+_Msg = tuple[int, Wire, int | None]
+
 
 @dataclass(eq=False)
-class WirePart:
-    """One block of a device type's messages in a transport's format (a ``LedgerPart``)."""
+class Part:
+    """One block of a device type's instants as messages, and which were acknowledged: a
+    ``LedgerPart`` that regenerates its acknowledged readings from the seed.
+
+    The one machinery of every transport's parts; a subclass says how a block becomes messages
+    (:meth:`_messages`): :class:`WirePart` through a format's encoder,
+    ``simulator.fleetrun.FilePart`` MQTT JSON and value payloads.
+    """
 
     dtype: DeviceType
-    encoder: Encoder
     start: int
+    """First instant of the block."""
     n: int
-    batch: int = 1
-    """Instants per message (``http``/``ws``: a JSON array); blocks are cut at multiples."""
+    """Instants in the block."""
+    _: KW_ONLY
     counts: dict[int, int] = field(default_factory=dict)
+    """Readings per message sent and not yet acknowledged (set as each message is made)."""
     acked: list[list[int]] = field(default_factory=list)
+    """Acknowledged message indices as ``[lo, hi)`` ranges, in arrival order."""
+    ready: Future[Block] | None = None
+    """The block, being generated ahead in a worker thread (``simulator.fleetrun``)."""
 
-    def wires(self) -> Iterator[tuple[int, Wire, int | None]]:
-        """``(index, wire, due)`` of each message, in sending order; ``due`` is the instant's
-        true time on the first message of each instant."""
-        for msg, wire, due in self._all():
+    def _messages(self, blk: Block) -> Iterator[_Msg]:
+        """``(index, wire, due)`` of the block's messages, in sending order; ``due`` is the
+        instant's true time on the first message of each instant (or group of instants)."""
+        raise NotImplementedError
+
+    def wires(self) -> Iterator[_Msg]:
+        """The messages to send (each one's readings noted for :meth:`readings_in`)."""
+        if self.ready is not None:
+            blk, self.ready = self.ready.result(), None
+        else:
+            blk = self.dtype.block(self.start, self.n)
+        for msg, wire, due in self._messages(blk):
             self.counts[msg] = len(wire.items)
             yield msg, wire, due
 
-    def _all(self) -> Iterator[tuple[int, Wire, int | None]]:
-        dtype, enc = self.dtype, self.encoder
-        blk = dtype.block(self.start, self.n)
-        stamps = [ts.tolist() for ts in blk.ts_us]
-        nominal = blk.nominal_us.tolist()
-        devices = dtype.device_ids
-        streams = [
-            [(k, blk.values[d][k], c.emitted.tolist()) for k, c in blk.columns[d].items()]
-            for d in range(len(devices))
-        ]
+    def readings_in(self, msg: int) -> int:
+        return self.counts.pop(msg, 0)
+
+    def record(self, msg: int) -> None:
+        if self.acked and self.acked[-1][1] == msg:
+            self.acked[-1][1] = msg + 1
+        else:
+            self.acked.append([msg, msg + 1])
+
+    def items(self) -> Iterator[Item]:
+        ranges = sorted(self.acked)
+        if not ranges:
+            return
+        pos = 0
+        for msg, wire, _due in self._messages(self.dtype.block(self.start, self.n)):
+            while pos < len(ranges) and ranges[pos][1] <= msg:
+                pos += 1
+            if pos == len(ranges):
+                return
+            if ranges[pos][0] <= msg:
+                yield from wire.items
+
+
+@dataclass(eq=False)
+class WirePart(Part):
+    """One block of a device type's messages in a transport's format."""
+
+    encoder: Encoder
+    batch: int = 1
+    """Instants per message (``http``/``ws``: a JSON array); blocks are cut at multiples."""
+
+    def _messages(self, blk: Block) -> Iterator[_Msg]:
+        enc = self.encoder
+        devices = self.dtype.device_ids
+        stamps, nominal, streams = block_rows(blk)
         msg = 0
         per = self.batch
         held: list[list[Wire]] = [[] for _ in devices]
@@ -408,32 +464,64 @@ class WirePart:
                     due = None
                     msg += 1
 
-    def readings_in(self, msg: int) -> int:
-        return self.counts.pop(msg, 0)
 
-    def record(self, msg: int) -> None:
-        if self.acked and self.acked[-1][1] == msg:
-            self.acked[-1][1] = msg + 1
-        else:
-            self.acked.append([msg, msg + 1])
+_Stream = tuple[str, list[Value], list[bool]]
 
-    def items(self) -> Iterator[Item]:
-        ranges = sorted(self.acked)
-        if not ranges:
-            return
-        pos = 0
-        for msg, wire, _due in self._all():
-            while pos < len(ranges) and ranges[pos][1] <= msg:
-                pos += 1
-            if pos == len(ranges):
-                return
-            if ranges[pos][0] <= msg:
-                yield from wire.items
+
+def block_rows(blk: Block) -> tuple[list[list[int]], list[int], list[list[_Stream]]]:
+    """A block as plain lists (fast to index): per device its timestamps; the instants' true
+    times; per device ``(key, values, emitted)`` of each emitted stream."""
+    stamps = [ts.tolist() for ts in blk.ts_us]
+    streams = [
+        [(key, blk.values[d][key], col.emitted.tolist()) for key, col in columns.items()]
+        for d, columns in enumerate(blk.columns)
+    ]
+    return stamps, blk.nominal_us.tolist(), streams
+
+
+def batch_of(dtype: DeviceType) -> int:
+    """Instants per message of a device type's transport (``batch``, 1 by default)."""
+    return int(_options(dtype.transport).get("batch", 1))
+
+
+def messages_per_instant(dtype: DeviceType) -> int:
+    """Messages a device type sends per instant (or group of ``batch`` instants), dropouts
+    aside: one per device, or one per sensor of each device for MQTT ``value`` payloads."""
+    t = dtype.transport
+    per_device = len(dtype.emitted_keys) if t.kind == "mqtt" and t.payload == "value" else 1
+    return dtype.count * per_device
+
+
+def readings_per_device(dtype: DeviceType) -> int:
+    """Readings the edge makes of one device's instant with every emitted sensor present:
+    one per sensor for MQTT JSON and value payloads, else what the format's encoder makes of
+    the first instant (a GPS fix or vector split into numbers, a Ruuvi tag's extra fields)."""
+    t = dtype.transport
+    if t.kind == "mqtt" and t.payload in {"json", "value"}:
+        return len(dtype.emitted_keys)
+    blk = dtype.block(0, 1)
+    present = [(key, vals[0]) for key, vals in blk.values[0].items()]
+    device = dtype.device_ids[0]
+    wires = encoder_for(dtype).encode(device, int(blk.ts_us[0][0]), 0, present)
+    return sum(len(w.items) for w in wires)
+
+
+def destination(dtype: DeviceType, mqtt_url: str) -> str:
+    """Where a device type's transport sends: the broker, the port(s), URL or socket."""
+    t = dtype.transport
+    o = _options(t)
+    if t.kind == "serial":
+        return str(o["port"])
+    if t.kind in {"http", "ws"}:
+        return str(o["url"])
+    if t.kind == "ble":
+        return str(o["socket"])
+    return mqtt_url
 
 
 # --- senders -------------------------------------------------------------------------------
 
-Ack = Callable[[WirePart, int], None]
+Ack = Callable[[Part, int], None]
 
 
 class Sender(Protocol):
@@ -441,7 +529,7 @@ class Sender(Protocol):
 
     async def open(self) -> None: ...
 
-    async def send(self, part: WirePart, msg: int, wire: Wire, ack: Ack) -> None: ...
+    async def send(self, part: Part, msg: int, wire: Wire, ack: Ack) -> None: ...
 
     async def close(self) -> None:
         """Wait for what is in flight, then let go of connections."""
@@ -449,13 +537,17 @@ class Sender(Protocol):
 
 
 class MqttSender:
-    """MQTT (SenML payloads) through ``simulator.send``'s publisher."""
+    """MQTT (every payload) through ``simulator.mqtt_wire``'s publisher."""
 
-    def __init__(self, url: str, client_id: str, qos: int) -> None:
-        from simulator.mqtt_wire import MqttPublisher, parse_mqtt_url  # noqa: PLC0415
+    def __init__(self, url: str, client_id: str, qos: int, ca_file: str | None = None) -> None:
+        from simulator.mqtt_wire import MqttPublisher, parse_mqtt_url, tls_context  # noqa: PLC0415
 
         host, port = parse_mqtt_url(url)
-        self._pub = MqttPublisher(host, port, client_id)
+        try:
+            tls = tls_context(url, ca_file)
+        except ConfigError as exc:
+            raise ConfigError(f"transport.{exc.key}", exc.problem) from None
+        self._pub = MqttPublisher(host, port, client_id, tls=tls)
         self._qos = qos
         self._ack: Ack | None = None
 
@@ -463,13 +555,13 @@ class MqttSender:
         await self._pub.__aenter__()
 
         def on_ack(token: object) -> None:
-            part, msg = cast("tuple[WirePart, int]", token)
+            part, msg = cast("tuple[Part, int]", token)
             if self._ack is not None:
                 self._ack(part, msg)
 
         self._pub.on_ack(on_ack)
 
-    async def send(self, part: WirePart, msg: int, wire: Wire, ack: Ack) -> None:
+    async def send(self, part: Part, msg: int, wire: Wire, ack: Ack) -> None:
         self._ack = ack
         await self._pub.publish(wire.dest, wire.payload, self._qos, (part, msg))
         if self._qos == 0:
@@ -493,7 +585,7 @@ class _Port:
     queued: int = 0
     """Bytes ever queued; ``written`` of them are in the kernel."""
     written: int = 0
-    acks: deque[tuple[int, WirePart, int, Ack]] = field(default_factory=deque)
+    acks: deque[tuple[int, Part, int, Ack]] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     room: asyncio.Event = field(default_factory=asyncio.Event)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -574,14 +666,14 @@ class SerialSender:
                 return bytes(view)
         return b""
 
-    async def send(self, part: WirePart, msg: int, wire: Wire, ack: Ack) -> None:
+    async def send(self, part: Part, msg: int, wire: Wire, ack: Ack) -> None:
         port = self._ports.get(wire.dest) or await self._start(wire.dest)
         self._queue(port, wire.payload, (part, msg, ack))
         if len(port.pending) > _PORT_QUEUE_BYTES:
             port.room.clear()
             await self._wait(port, port.room)
 
-    def _queue(self, port: _Port, data: bytes, ack: tuple[WirePart, int, Ack] | None) -> None:
+    def _queue(self, port: _Port, data: bytes, ack: tuple[Part, int, Ack] | None) -> None:
         port.pending += data
         port.queued += len(data)
         if ack is not None:
@@ -731,7 +823,7 @@ class HttpSender:
             connector=aiohttp.TCPConnector(limit=_IN_FLIGHT), timeout=aiohttp.ClientTimeout(60)
         )
 
-    async def send(self, part: WirePart, msg: int, wire: Wire, ack: Ack) -> None:
+    async def send(self, part: Part, msg: int, wire: Wire, ack: Ack) -> None:
         if self._error is not None:
             raise self._error
         await self._slots.acquire()
@@ -745,7 +837,7 @@ class HttpSender:
         if not task.cancelled() and task.exception() is not None and self._error is None:
             self._error = task.exception()
 
-    async def _post(self, part: WirePart, msg: int, wire: Wire, ack: Ack) -> None:
+    async def _post(self, part: Part, msg: int, wire: Wire, ack: Ack) -> None:
         assert self._session is not None
         headers = {
             "Authorization": f"Bearer {self._tokens.for_device(wire.dest)}",
@@ -787,7 +879,7 @@ class WsSender:
         self._session: aiohttp.ClientSession | None = None
         self._sockets: dict[str, aiohttp.ClientWebSocketResponse] = {}
         self._readers: list[asyncio.Task[None]] = []
-        self._pending: dict[tuple[str, int], tuple[WirePart, int, Ack]] = {}
+        self._pending: dict[tuple[str, int], tuple[Part, int, Ack]] = {}
         self._slots = asyncio.Semaphore(_IN_FLIGHT)
         self._error: BaseException | None = None
         self._next = itertools.count()
@@ -836,7 +928,7 @@ class WsSender:
             self._error = TransportError(f"the edge closed {device}'s WebSocket ({ws.close_code})")
         self._idle.set()
 
-    async def send(self, part: WirePart, msg: int, wire: Wire, ack: Ack) -> None:
+    async def send(self, part: Part, msg: int, wire: Wire, ack: Ack) -> None:
         if self._error is not None:
             raise self._error
         await self._slots.acquire()
@@ -891,7 +983,7 @@ class BleSender:
             self._sock = sock
             return
 
-    async def send(self, part: WirePart, msg: int, wire: Wire, ack: Ack) -> None:
+    async def send(self, part: Part, msg: int, wire: Wire, ack: Ack) -> None:
         assert self._sock is not None
         loop = asyncio.get_running_loop()
         try:
@@ -906,63 +998,22 @@ class BleSender:
             self._sock = None
 
 
-def sender_for(dtype: DeviceType, encoder: Encoder, url: str, client_id: str) -> Sender:
+def sender_for(dtype: DeviceType, url: str, client_id: str) -> Sender:
     """The sender of a device type's transport (``url``: the MQTT broker, for ``mqtt``)."""
     t = dtype.transport
     o = _options(t)
     if t.kind == "mqtt":
-        return MqttSender(url, client_id, t.qos)
+        ca_file = o.get("ca_file")
+        return MqttSender(url, client_id, t.qos, None if ca_file is None else str(ca_file))
     if t.kind == "serial":
         return SerialSender(
-            str(o["port"]), int(o.get("baud", 115_200)), encoder.preamble(()), dtype.device_ids
+            str(o["port"]),
+            int(o.get("baud", 115_200)),
+            encoder_for(dtype).preamble(()),
+            dtype.device_ids,
         )
     if t.kind == "http":
         return HttpSender(str(o["url"]), _Tokens(o))
     if t.kind == "ws":
         return WsSender(str(o["url"]), _Tokens(o))
     return BleSender(str(o["socket"]))
-
-
-async def send_device_type(
-    dtype: DeviceType,
-    url: str,
-    *,
-    instants: range | None,
-    paced: bool = True,
-    speed: float = 1.0,
-    ledger: Ledger | None = None,
-    client_id: str = "cairn-sim",
-    progress: Callable[[int, int], None] | None = None,
-) -> Ledger:
-    """Send one device type's instants (``None``: endless) over its transport."""
-    ledger = ledger if ledger is not None else Ledger()
-    if instants is not None and len(instants) == 0:
-        return ledger
-    encoder = encoder_for(dtype)
-    first = instants.start if instants is not None else 0
-    pacer = Pacer(dtype.start_us + round(first * 1e6 / dtype.rate_hz), speed) if paced else None
-    batch = int(_options(dtype.transport).get("batch", 1))
-    size = max(batch, dtype.block_size() // batch * batch)
-    starts: Iterator[int] | Sequence[int] = (
-        itertools.count(0, size) if instants is None else range(instants.start, instants.stop, size)
-    )
-
-    def ack(part: WirePart, msg: int) -> None:
-        ledger._ack(part, msg)  # noqa: SLF001
-        if progress is not None:
-            progress(ledger.messages, ledger.count)
-
-    sender = sender_for(dtype, encoder, url, client_id)
-    await sender.open()
-    try:
-        for start in starts:
-            n = size if instants is None else min(size, instants.stop - start)
-            part = WirePart(dtype, encoder, start, n, batch)
-            ledger._add_part(part)  # noqa: SLF001
-            for msg, wire, due in part.wires():
-                if pacer is not None and due is not None:
-                    await pacer.wait(due)
-                await sender.send(part, msg, wire, ack)
-    finally:
-        await sender.close()
-    return ledger

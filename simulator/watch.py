@@ -14,16 +14,28 @@ import asyncio
 import math
 import signal
 import sys
-from typing import Final
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from contract.errors import ConfigError
 from simulator.display import Display, Progress, TransportCounts
-from simulator.fleetfile import DeviceType, FleetFile
-from simulator.fleetrun import send_fleet_file
-from simulator.pacing import LoadReport, OpenLoop, RealClock
+from simulator.fleetfile import FleetFile
+from simulator.fleetrun import send_fleet_file, spans
+from simulator.pacing import LoadReport, OpenLoop, transport_lines, transport_rates
 from simulator.send import Ledger
+from simulator.transports import destination
 
-__all__ = ["add_load_args", "check_load_args", "run_file_watched", "spans"]
+__all__ = [
+    "add_load_args",
+    "check_load_args",
+    "destinations",
+    "per_second",
+    "run_file_watched",
+    "spans",
+    "summary",
+    "supervise",
+]
 
 _PROG: Final = "cairn-sim"
 
@@ -65,21 +77,19 @@ def check_load_args(args: argparse.Namespace) -> None:
             raise ConfigError("target_rate", f"must be a positive number of readings/s, not {rate}")
 
 
-def spans(fleet: FleetFile, seconds: float | None, count: int | None) -> dict[str, range | None]:
-    """Each device type's instants, as ``send_fleet_file`` sends them (``None``: endless)."""
-
-    def span(t: DeviceType) -> range | None:
-        if count is not None:
-            return range(count)
-        if seconds is not None:
-            return range(t.instants_in(seconds))
-        return None
-
-    return {t.name: span(t) for t in fleet.device_types}
+def destinations(fleet: FleetFile, mqtt_url: str) -> str:
+    """Where each transport goes, for the header: ``mqtt mqtt://..., serial /dev/...``."""
+    seen: dict[tuple[str, str], None] = {}
+    for t in fleet.device_types:
+        seen[(t.transport.kind, destination(t, mqtt_url))] = None
+    return ", ".join(f"{kind} {where}" for kind, where in seen)
 
 
-async def run_file_watched(fleet: FleetFile, args: argparse.Namespace) -> int:
-    """Send ``fleet`` as ``args`` say, under the live display; print the summary."""
+async def run_file_watched(
+    fleet: FleetFile, args: argparse.Namespace, *, ledger: Ledger | None = None
+) -> int:
+    """Send ``fleet`` as ``args`` say, under the live display; print the summary (and, open
+    loop, the rate achieved overall and per transport). ``ledger``: filled, if given."""
     open_loop: OpenLoop | None = None
     if args.target_rate is not None:
         open_loop = OpenLoop.for_rate(fleet, args.target_rate)
@@ -91,7 +101,7 @@ async def run_file_watched(fleet: FleetFile, args: argparse.Namespace) -> int:
     counters: dict[str, TransportCounts] = {
         t.transport.kind: TransportCounts() for t in fleet.device_types
     }
-    ledger = Ledger()
+    ledger = ledger if ledger is not None else Ledger()
     sender = send_fleet_file(
         fleet,
         args.mqtt,
@@ -118,13 +128,29 @@ async def run_file_watched(fleet: FleetFile, args: argparse.Namespace) -> int:
         pace = "fast" if args.fast else f"paced x{args.speed:g}"
     print(
         f"{_PROG}: {args.fleet_file}: {len(fleet.device_types)} device types, {devices:,} "
-        f"devices, {what}, {pace}, to {args.mqtt}",
+        f"devices, {what}, {pace}, to {destinations(fleet, args.mqtt)}",
         flush=True,
     )
     display = Display(sys.stdout, counters, progress, live=sys.stdout.isatty())
-    clock = RealClock()
-    started = clock.now()
-    task = asyncio.create_task(sender, name="send-fleet")
+    interrupted, elapsed = await supervise(sender, display.tick)
+    display.tick(elapsed, final=True)
+    print(summary(ledger, elapsed, interrupted=interrupted))
+    if open_loop is not None:
+        report: LoadReport = open_loop.report(ledger.count, bounded=bounded and not interrupted)
+        print(f"{_PROG}: {report.text()}")
+        targets = {k: r * open_loop.speed for k, r in transport_rates(fleet).items()}
+        for line in transport_lines(report, counters, targets):
+            print(f"{_PROG}: {line}")
+    return 0
+
+
+async def supervise(
+    coro: Coroutine[Any, Any, Ledger], tick: Callable[[float], None]
+) -> tuple[bool, float]:
+    """Run a sender as a task that SIGINT and SIGTERM cancel, calling ``tick(elapsed)`` about
+    once a second while it runs; returns whether it was interrupted, and the seconds it ran."""
+    started = time.monotonic()
+    task = asyncio.create_task(coro, name="send-fleet")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
@@ -133,25 +159,26 @@ async def run_file_watched(fleet: FleetFile, args: argparse.Namespace) -> int:
         while not task.done():
             await asyncio.wait({task}, timeout=1.0)
             if not task.done():
-                display.tick(clock.now() - started)
+                tick(time.monotonic() - started)
         await task
     except asyncio.CancelledError:
         interrupted = True
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    elapsed = clock.now() - started
-    display.tick(elapsed, final=True)
-    print(
+    return interrupted, time.monotonic() - started
+
+
+def summary(ledger: Ledger, elapsed: float, *, interrupted: bool) -> str:
+    """The closing line: what was acknowledged, in how long, at what rates."""
+    return (
         f"{_PROG}: {'interrupted; ' if interrupted else ''}{ledger.messages:,} messages, "
         f"{ledger.count:,} readings acknowledged in {elapsed:.1f}s "
-        f"({_rate(ledger.messages, elapsed)} messages, {_rate(ledger.count, elapsed)} readings)"
+        f"({per_second(ledger.messages, elapsed)} messages, "
+        f"{per_second(ledger.count, elapsed)} readings)"
     )
-    if open_loop is not None:
-        report: LoadReport = open_loop.report(ledger.count, bounded=bounded and not interrupted)
-        print(f"{_PROG}: {report.text()}")
-    return 0
 
 
-def _rate(n: float, seconds: float) -> str:
+def per_second(n: float, seconds: float) -> str:
+    """``1,234/s``, or ``-`` for no time."""
     return f"{n / seconds:,.0f}/s" if seconds > 0 else "-"

@@ -16,12 +16,15 @@ async def until(
     timeout: float = 20.0,
     *,
     in_thread: bool = False,
-) -> None:
+) -> float:
     """Wait until ``predicate()`` holds (checked every 20 ms) or fail after ``timeout``.
 
-    ``in_thread`` runs a blocking predicate (an HTTP call, a SQLite read) off the event loop.
+    Returns the seconds it took, so a test that measures a latency (a revocation taking
+    effect) need not write its own loop. ``in_thread`` runs a blocking predicate (an HTTP
+    call, a SQLite read) off the event loop.
     """
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     while True:
         if in_thread:
             result: bool | Awaitable[bool] = await asyncio.to_thread(predicate)
@@ -30,7 +33,7 @@ async def until(
         if not isinstance(result, bool):
             result = await result
         if result:
-            return
+            return time.monotonic() - start
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.02)

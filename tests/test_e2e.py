@@ -147,7 +147,7 @@ def test_api_requires_a_valid_token(lab: Lab) -> None:
         if token is not None:
             req.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
+            with urllib.request.urlopen(req, timeout=5, context=lab.api_ssl_context) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())
@@ -228,7 +228,8 @@ def test_demo_runs_and_stops_everything(tmp_path: Path) -> None:
     assert stored, out.stdout
     assert stored[-1] > 0, out.stdout
     curl = re.search(
-        r'curl -s -H "Authorization: Bearer (\S+)" (http://\S+/latest\?device=\S+)', out.stdout
+        r'curl -s --cacert (\S+) -H "Authorization: Bearer (\S+)" (https://\S+/latest\?device=\S+)',
+        out.stdout,
     )
     assert curl is not None, out.stdout
     leftovers = subprocess.run(

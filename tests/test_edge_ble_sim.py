@@ -8,7 +8,6 @@ and its neighbours are kept; a stale socket file from an earlier run is replaced
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import socket
@@ -18,13 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.batcher import Batcher
-from edge.buffer import Buffer
-from edge.config import BleSettings, BufferSettings
-from edge.sources.ble import BleSource
+from edge.config import BleSettings
 from edge.sources.ble_decoders import BTHOME_UUID, BleDecoder
-from edge.stats import EdgeStats
 from tests.polling import until
+from tests.test_edge_ble_support import ble_edge
 from tests.test_edge_support import stored
 
 ADDRESS = "C0:DE:00:00:00:01"
@@ -55,41 +51,25 @@ async def test_datagrams_go_through_the_scanner_path(tmp_path: Path, short_dir: 
         simulated_socket=str(path),
         devices=((ADDRESS, "tag-1"),),
     )
-    buffer = Buffer(tmp_path / "buffer.sqlite3")
-    stats = EdgeStats()
-    batcher = Batcher(
-        buffer, BufferSettings(flush_interval_ms=10, max_pending_readings=10_000), stats
-    )
-    try:
-        async with BleSource(settings, batcher, stats) as source:
-            tasks = [asyncio.create_task(batcher.run()), asyncio.create_task(source.run())]
-            try:
-                await until(lambda: source.connected, "the simulated scanner to bind")
-                assert source.status.adapter == f"scanning (passive) on simulated socket {path}"
-                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
-                    tx.connect(str(path))
-                    for data in (
-                        datagram(1, 2150),
-                        b'{"address": 5}',
-                        datagram(2, -75),
-                        datagram(2, -75),  # the same packet again: a duplicate
-                        b"\xff not json",
-                        datagram(3, 2200),
-                    ):
-                        tx.send(data)
-                await until(
-                    lambda: len(stored(tmp_path / "buffer.sqlite3")) == 3,
-                    "3 readings committed",
-                    in_thread=True,
-                )
-                status = source.status.as_json()
-            finally:
-                await source.stop()
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-    finally:
-        buffer.close()
+    async with ble_edge(tmp_path, settings) as edge:
+        assert edge.source.status.adapter == f"scanning (passive) on simulated socket {path}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as tx:
+            tx.connect(str(path))
+            for data in (
+                datagram(1, 2150),
+                b'{"address": 5}',
+                datagram(2, -75),
+                datagram(2, -75),  # the same packet again: a duplicate
+                b"\xff not json",
+                datagram(3, 2200),
+            ):
+                tx.send(data)
+        await until(
+            lambda: len(stored(tmp_path / "buffer.sqlite3")) == 3,
+            "3 readings committed",
+            in_thread=True,
+        )
+        status = edge.source.status.as_json()
     readings = stored(tmp_path / "buffer.sqlite3")
     assert [(r.device, r.sensor, r.value) for r in readings] == [
         ("tag-1", "temperature", 21.5),

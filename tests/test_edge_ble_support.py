@@ -156,7 +156,8 @@ async def ble_edge(
     scanners: ScannerLog | None = None,
     limits: BufferLimits | None = None,
 ) -> AsyncIterator[BleEdge]:
-    """Real buffer + batcher + a BLE source on a fake scanner, scanning."""
+    """Real buffer + batcher + a BLE source on a fake scanner, scanning. With
+    ``settings.simulated_socket`` the source keeps its own scanner (the simulated socket)."""
     scanners = scanners if scanners is not None else ScannerLog()
     buffer = Buffer(tmp_path / "buffer.sqlite3", limits=limits)
     stats = EdgeStats()
@@ -165,16 +166,18 @@ async def ble_edge(
         BufferSettings(flush_interval_ms=10, max_batch_readings=1000, max_pending_readings=10_000),
         stats,
     )
+    if settings.simulated_socket:
+        made = BleSource(settings, batcher, stats)
+    else:
+        made = BleSource(settings, batcher, stats, scanner_factory=scanners.factory())
     try:
-        async with BleSource(
-            settings, batcher, stats, scanner_factory=scanners.factory()
-        ) as source:
+        async with made as source:
             tasks = [
                 asyncio.create_task(batcher.run()),
                 asyncio.create_task(source.run()),
             ]
             try:
-                await until(lambda: source.connected, "the fake scanner to start")
+                await until(lambda: source.connected, "the scanner to start")
                 yield BleEdge(buffer, batcher, stats, source, scanners)
             finally:
                 await source.stop()

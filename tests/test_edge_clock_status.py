@@ -27,7 +27,7 @@ from edge.forwarder import Forwarder
 from edge.stats import EdgeStats
 from hub.api import make_app
 from hub.auth import TokenAuthority
-from hub.config import ApiSettings, HubConfig, HubSettings, NatsSettings
+from hub.config import ApiSettings, HubConfig, HubSettings, NatsSettings, TlsSettings
 from hub.registry import Registry
 from hub.service import authority, open_registry, run_hub
 from hub.status import StatusListener
@@ -285,6 +285,7 @@ async def test_the_hub_service_answers_the_clock_and_serves_the_edge_status(
         hub=HubSettings(state_dir=tmp_path / "hub"),
         nats=NatsSettings(url=nats_server.url),
         api=ApiSettings(listen="127.0.0.1:0"),
+        tls=TlsSettings(api=False, nats=False),  # TLS: tests/test_pki.py and the Lab tests
     )
     registry = open_registry(config)
     registry.register(TENANT, unique_name, public_key_bytes(KEY))

@@ -8,7 +8,6 @@ hypothesis tests that send with a blocking client.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import hashlib
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, generate_private_key
 
+from contract.signing import b64url
 from edge.batcher import Batcher
 from edge.buffer import Buffer, BufferLimits
 from edge.config import BufferSettings, HttpKeySettings, HttpSettings
@@ -89,17 +89,13 @@ def token(device: str = "pump-1", *, rsa: bool = False, kid: str | None = None, 
     return jwt.encode(claims(device, **over), key, algorithm=alg, headers=headers)
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def raw_token(header: dict[str, Any], payload: dict[str, Any], secret: bytes | None) -> str:
     """A hand-made JWT: HS256 with ``secret``, or no signature at all (``secret=None``)."""
-    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}"
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
     if secret is None:
         return signing_input + "."
     mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64(mac)}"
+    return f"{signing_input}.{b64url(mac)}"
 
 
 def auth(tok: str) -> dict[str, str]:

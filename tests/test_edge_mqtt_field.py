@@ -35,6 +35,7 @@ from edge.config import (
     config_from_dict,
 )
 from edge.sources.mqtt import PUBACK_PAYLOAD_INVALID, tls_context
+from hub.pki import CA_KEY_USAGE
 from simulator.servers import Mosquitto
 from tests.test_edge_mqtt import running_source
 from tests.test_edge_support import (
@@ -186,20 +187,7 @@ def _cert(
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        builder = builder.add_extension(CA_KEY_USAGE, critical=True)
         builder = builder.add_extension(
             x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
         )

@@ -24,6 +24,7 @@ from nats.js.api import StreamConfig
 from contract.codec import decode_batch
 from contract.model import Reading
 from contract.names import STREAM_NAME, STREAM_SUBJECTS
+from contract.natsconn import NatsIdentity
 from simulator.faultproxy import Conn, FaultProxy
 from simulator.lab import ManagedProcess
 from tests.polling import until as poll
@@ -361,8 +362,8 @@ def stored(path: Path) -> list[Reading]:
 # --------------------------------------------------------------------------- JetStream
 
 
-async def create_stream(url: str) -> None:
-    nc = await nats.connect(url)
+async def create_stream(url: str, identity: NatsIdentity | None = None) -> None:
+    nc = await nats.connect(url, **(identity.options() if identity else {}))
     try:
         await nc.jetstream().add_stream(
             StreamConfig(name=STREAM_NAME, subjects=[STREAM_SUBJECTS], duplicate_window=120.0)
@@ -371,9 +372,10 @@ async def create_stream(url: str) -> None:
         await nc.close()
 
 
-async def stream_messages(url: str) -> list[Any]:
-    """Every message of the telemetry stream, in stream order (``RawStreamMsg``)."""
-    nc = await nats.connect(url)
+async def stream_messages(url: str, identity: NatsIdentity | None = None) -> list[Any]:
+    """Every message of the telemetry stream, in stream order (``RawStreamMsg``); ``identity``:
+    TLS (and a login) for a secured server such as a :class:`~simulator.lab.Lab`'s."""
+    nc = await nats.connect(url, **(identity.options() if identity else {}))
     try:
         js = nc.jetstream()
         info = await js.stream_info(STREAM_NAME)

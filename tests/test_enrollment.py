@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
-import ipaddress
 import json
 import ssl
 import subprocess
@@ -23,11 +21,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.x509.oid import NameOID
 
 from contract.capin import certificate_fingerprint
 from contract.errors import ConfigError
@@ -40,10 +35,13 @@ from edge.sources.devtokens import DeviceTokenVerifier, load_key
 from hub.api import make_app
 from hub.api_identity import NATS_URL
 from hub.auth import TokenAuthority
+from hub.config import HubConfig, HubSettings
+from hub.pki import HubPki, ensure_pki, server_ssl_context
 from hub.registry import Registry, RegistryError
 from hub.store import SqliteStore
 from simulator.lab import Lab, LabSettings
 from tests.e2e_helpers import async_wait_until
+from tests.test_hub_cli import hub_cli as run_hub_cli
 
 NATS = "nats://127.0.0.1:4999"
 
@@ -253,8 +251,8 @@ async def test_a_token_works_once_and_not_after_it_expired(hub: Hub, tmp_path: P
         fresh = _token(hub.registry, "acme", "edge-3")
         for body, status, slug in (
             ({"token": fresh, "public_key": "AAAA"}, 400, "bad-key"),
-            ({"token": fresh}, 400, "bad-request"),
-            ({"token": 5, "public_key": "x"}, 400, "bad-request"),
+            ({"token": fresh}, 400, "bad-parameter"),
+            ({"token": 5, "public_key": "x"}, 400, "bad-parameter"),
         ):
             resp = await http.post(hub.url + "/api/v1/enroll", json=body)
             assert resp.status == status
@@ -347,65 +345,14 @@ async def test_rotation_needs_the_current_key(hub: Hub) -> None:
         assert (status, doc["error"]) == (401, "bad-proof")  # the old key is no longer active
 
 
-def _ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test hub CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def _server_context(
-    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, folder: Path
-) -> ssl.SSLContext:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(folder / "server.pem", folder / "server.key")
-    return context
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
+def _hub_pki(folder: Path) -> HubPki:
+    """A CA and server certificates made the way a hub makes its own (:mod:`hub.pki`)."""
+    return ensure_pki(HubConfig(hub=HubSettings(state_dir=folder)))
 
 
 async def test_ca_pin_over_plain_http(tmp_path: Path) -> None:
     """The pin is checked against the CA the hub serves; a wrong pin sends nothing."""
-    _ca_key, ca = _ca()
-    pem = _pem(ca)
+    pem = _hub_pki(tmp_path / "pki").ca_cert.read_bytes()
     pin = certificate_fingerprint(pem)
     async for hub in _start_hub(tmp_path, ca_pem=pem):
         import aiohttp
@@ -446,14 +393,15 @@ async def test_ca_pin_over_plain_http(tmp_path: Path) -> None:
 async def test_ca_pin_over_https(tmp_path: Path) -> None:
     """``--ca-pin``: fetch the CA unverified, check the pin, then verify the hub against it;
     ``--ca`` of another CA fails the TLS handshake before the token is sent."""
-    ca_key, ca = _ca()
-    pem = _pem(ca)
-    context = _server_context(ca_key, ca, tmp_path / "tls")
+    made = _hub_pki(tmp_path / "pki")
+    assert made.api is not None
+    pem = made.ca_cert.read_bytes()
+    context = server_ssl_context(made.api)
     async for hub in _start_hub(tmp_path, ca_pem=pem, ssl_context=context):
         assert hub.url.startswith("https://127.0.0.1:")
         token = _token(hub.registry, "acme", "e1")
-        _other_key, other_ca = _ca()
-        (tmp_path / "other-ca.pem").write_bytes(_pem(other_ca))
+        other_ca = _hub_pki(tmp_path / "other").ca_cert
+        (tmp_path / "other-ca.pem").write_bytes(other_ca.read_bytes())
         folder = _edge_dir(tmp_path, "edge")
         line = _refusal(
             await _enroll(folder, hub.url, token, "--ca", str(tmp_path / "other-ca.pem"))
@@ -568,30 +516,28 @@ def test_hub_cli_enroll_token_and_edges(tmp_path: Path) -> None:
     ``edges revoke`` work on the registry file; refusals are one line."""
 
     def hub_cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hub", *args, "--config", str(tmp_path / "hub.toml")],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_hub_cli(*args, "--config", str(tmp_path / "hub.toml"))
 
+    (tmp_path / "hub.toml").write_text(
+        '[hub]\nstate_dir = "plain"\n[tls]\napi = false\nnats = false\n'
+    )
+    done = hub_cli("enroll-token", "--tenant", "acme", "--edge", "e1", "--ttl", "60")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1] == "ca-pin  (none: the hub has no CA)"
+
+    # TLS on (the default): the hub's CA is made if it is not there yet, and pinned.
     (tmp_path / "hub.toml").write_text('[hub]\nstate_dir = "state"\n')
     done = hub_cli("enroll-token", "--tenant", "acme", "--edge", "e1", "--ttl", "60")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("token   ce1.")
-    assert lines[1] == "ca-pin  (none: the hub has no CA)"
     token = lines[0].split()[1]
-
-    _ca_key, ca = _ca()
-    (tmp_path / "state" / "pki").mkdir()
-    (tmp_path / "state" / "pki" / "ca.pem").write_bytes(_pem(ca))
+    pin = certificate_fingerprint((tmp_path / "state" / "pki" / "ca.pem").read_bytes())
+    assert lines[1] == f"ca-pin  {pin}"
+    assert f"--ca-pin {pin}" in done.stdout
     done = hub_cli("enroll-token", "--tenant", "acme", "--edge", "e2")
     assert done.returncode == 0, done.stderr
-    pin = certificate_fingerprint(_pem(ca))
-    assert done.stdout.splitlines()[1] == f"ca-pin  {pin}"
-    assert f"--ca-pin {pin}" in done.stdout
+    assert done.stdout.splitlines()[1] == f"ca-pin  {pin}"  # the same CA
 
     registry = Registry(tmp_path / "state" / "registry.sqlite3")
     try:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import math
 import re
@@ -18,10 +16,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from contract.codec import decode_batch, encode_batch
 from contract.model import Reading
+from contract.signing import b64url
 from hub.api import ROUTES, make_app
 from hub.auth import TokenAuthority
 from hub.registry import Registry
 from hub.store import SqliteStore
+from tests.test_edge_http_support import raw_token
 
 
 @pytest.fixture
@@ -43,18 +43,6 @@ async def client(tmp_path: Path, auth: TokenAuthority) -> AsyncIterator[TestClie
         yield c
     registry.close()
     store.close()
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _hs256_by_hand(claims: dict[str, object], secret: bytes, kid: str) -> str:
-    """The classic key-confusion forgery: HMAC with the verifier's public key as the secret."""
-    head = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
-    body = _b64(json.dumps(claims).encode())
-    sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
-    return f"{head}.{body}.{_b64(sig)}"
 
 
 def _h(token: str) -> dict[str, str]:
@@ -81,7 +69,7 @@ async def test_bad_tokens_are_refused(
     head, payload, sig = good.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     claims["tenant"] = "other"
-    forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).decode().rstrip("=")
+    forged_payload = b64url(json.dumps(claims).encode())
     other_key = TokenAuthority(tmp_path / "other.pem", issuer="cairn-hub", audience="cairn-api")
     now = int(time.time())
     base = {
@@ -96,7 +84,10 @@ async def test_bad_tokens_are_refused(
         "jti": "j",
     }
     none_token = jwt.encode(base, None, algorithm="none")  # type: ignore[arg-type]
-    hs_token = _hs256_by_hand(base, auth.public_key_pem(), auth.kid)
+    # The classic key-confusion forgery: HMAC with the verifier's public key as the secret.
+    hs_token = raw_token(
+        {"alg": "HS256", "typ": "JWT", "kid": auth.kid}, base, auth.public_key_pem()
+    )
     bad = {
         "tampered payload": f"{head}.{forged_payload}.{sig}",
         "tampered signature": f"{head}.{payload}.{sig[:-4]}AAAA",

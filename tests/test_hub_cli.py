@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -20,15 +21,9 @@ import pytest
 from contract.codec import encode_batch
 from contract.model import Reading
 from contract.names import (
-    HDR_CODEC,
-    HDR_EDGE,
-    HDR_MSG_ID,
-    HDR_SEQ,
-    HDR_SIGNATURE,
-    msg_id,
     telemetry_subject,
 )
-from contract.signing import generate_key, public_key_bytes, sign_batch
+from contract.signing import batch_headers, generate_key, public_key_bytes
 from hub.cli import main
 from hub.config import Synchronous, load_config
 from hub.registry import Registry
@@ -36,7 +31,8 @@ from simulator.servers import NatsServer
 from tests.polling import stream_exists, until
 
 
-def _hub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def hub_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``cairn-hub ARGS`` as a real process (``python -m hub``), output captured."""
     return subprocess.run(
         [sys.executable, "-m", "hub", *args],
         check=False,
@@ -47,10 +43,10 @@ def _hub(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _get(url: str, token: str) -> tuple[int, Any]:
+def _get(url: str, token: str, context: ssl.SSLContext | None = None) -> tuple[int, Any]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -120,7 +116,7 @@ def test_config_defaults_and_relative_paths(tmp_path: Path) -> None:
 
 def test_token_create_and_lists_without_a_store(tmp_path: Path) -> None:
     (tmp_path / "hub.toml").write_text('[hub]\nstate_dir = "state"\n')
-    done = _hub(
+    done = hub_cli(
         "token",
         "create",
         "--config",
@@ -138,12 +134,12 @@ def test_token_create_and_lists_without_a_store(tmp_path: Path) -> None:
     assert key.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
     for what in ("edges",):  # (tenants list reads the registry too: no store is no error)
-        done = _hub(what, "list", "--config", "hub.toml", cwd=tmp_path)
+        done = hub_cli(what, "list", "--config", "hub.toml", cwd=tmp_path)
         assert done.returncode == 2
         assert done.stdout == ""
         [line] = done.stderr.splitlines()
         assert line.startswith("cairn-hub: no store at "), line
-    done = _hub(
+    done = hub_cli(
         "token",
         "create",
         "--config",
@@ -168,12 +164,23 @@ async def _wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) 
 
 
 async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
-    tmp_path: Path, nats_server: NatsServer, unique_name: str
+    tmp_path: Path, unique_name: str
 ) -> None:
+    """The deployer's order: ``cairn-hub pki init``, nats-server with the hub's NATS
+    certificate, then the hub (HTTPS API, TLS to NATS)."""
+    (tmp_path / "hub.toml").write_text('[hub]\nstate_dir = "state"\n')
+    init = hub_cli("pki", "init", "--config", "hub.toml", cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    files = dict(line.split(None, 1) for line in init.stdout.splitlines())
+    pki = tmp_path / "state" / "pki"
+    assert files["nats-cert"] == str(pki / "nats.pem")
+    tls = (pki / "ca.pem", Path(files["nats-cert"]), Path(files["nats-key"]))
+    nats_server = NatsServer(tmp_path / "nats", tls=tls).start()
     (tmp_path / "hub.toml").write_text(
         f'[hub]\nstate_dir = "state"\n[nats]\nurl = "{nats_server.url}"\n'
         '[api]\nlisten = "127.0.0.1:0"\n'
     )
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
     log = (tmp_path / "hub.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hub", "run", "--config", "hub.toml"],
@@ -183,9 +190,9 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
     )
     try:
         port = await _wait_file(tmp_path / "state" / "api.port", proc, 30)
-        api = f"http://127.0.0.1:{port}/api/v1"
+        api = f"https://127.0.0.1:{port}/api/v1"
         created = await asyncio.to_thread(
-            _hub,
+            hub_cli,
             "token",
             "create",
             "--config",
@@ -202,10 +209,13 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
         )
         assert created.returncode == 0, created.stderr
         token = created.stdout.strip()
-        assert await asyncio.to_thread(_get, f"{api}/devices", token) == (200, {"devices": []})
+        assert await asyncio.to_thread(_get, f"{api}/devices", token, context) == (
+            200,
+            {"devices": []},
+        )
         head, claims, sig = token.split(".")
         tampered = f"{head}.{claims}.{sig[:10]}{'B' if sig[10] == 'A' else 'A'}{sig[11:]}"
-        status, body = await asyncio.to_thread(_get, f"{api}/devices", tampered)
+        status, body = await asyncio.to_thread(_get, f"{api}/devices", tampered, context)
         assert (status, body["error"]) == (401, "unauthorized")
 
         edge = unique_name[-20:]
@@ -215,32 +225,31 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
         registry.close()
         readings = [Reading("d1", "temp", 1_000_000 + i, float(i)) for i in range(10)]
         body = encode_batch(readings)
-        nc = await nats.connect(nats_server.url)
+        nc = await nats.connect(nats_server.url, tls=context)
         js = nc.jetstream(timeout=10)
         # the hub makes the stream once it is connected
         await until(lambda: stream_exists(js), "the hub to make the stream", 30)
         await js.publish(
             telemetry_subject("acme", edge),
             body,
-            headers={
-                HDR_MSG_ID: msg_id(edge, 1),
-                HDR_EDGE: edge,
-                HDR_SEQ: "1",
-                HDR_CODEC: "1",
-                HDR_SIGNATURE: sign_batch(key, "acme", edge, 1, 1, body),
-            },
+            headers=batch_headers(key, "acme", edge, 1, 1, body),
         )
         await nc.close()
         await until(
-            lambda: _get(f"{api}/stats", token)[1]["readings"] == 10, "stored", 30, in_thread=True
+            lambda: _get(f"{api}/stats", token, context)[1]["readings"] == 10,
+            "stored",
+            30,
+            in_thread=True,
         )
         status, body = await asyncio.to_thread(
-            _get, f"{api}/devices/d1/readings?sensor=temp&limit=3", token
+            _get, f"{api}/devices/d1/readings?sensor=temp&limit=3", token, context
         )
         assert status == 200
         assert [r["ts"] for r in body["readings"]] == [1_000_000, 1_000_001, 1_000_002]
 
-        edges = await asyncio.to_thread(_hub, "edges", "list", "--config", "hub.toml", cwd=tmp_path)
+        edges = await asyncio.to_thread(
+            hub_cli, "edges", "list", "--config", "hub.toml", cwd=tmp_path
+        )
         assert edges.returncode == 0, edges.stderr
         [row] = [json.loads(line) for line in edges.stdout.splitlines()]
         assert (row["tenant"], row["edge"], row["batches"], row["readings"], row["last_seq"]) == (
@@ -251,7 +260,7 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
             1,
         )
         tenants = await asyncio.to_thread(
-            _hub, "tenants", "list", "--config", "hub.toml", cwd=tmp_path
+            hub_cli, "tenants", "list", "--config", "hub.toml", cwd=tmp_path
         )
         assert tenants.stdout.splitlines() == ["acme"]
 
@@ -262,7 +271,9 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
             proc.kill()
             proc.wait()
         log.close()
+        nats_server.stop()
     text = (tmp_path / "hub.log").read_text()
-    assert f"hub API on http://127.0.0.1:{port}/api/v1" in text
+    assert f"hub API on https://127.0.0.1:{port}/api/v1" in text
+    assert f"(pin {files['ca-pin']})" in text
     assert "hub stopped" in text
     assert "Traceback" not in text

@@ -15,16 +15,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from contract.codec import encode_batch
 from contract.model import Reading
 from contract.names import (
-    HDR_CODEC,
     HDR_EDGE,
-    HDR_MSG_ID,
     HDR_SEQ,
-    HDR_SIGNATURE,
     msg_id,
     telemetry_subject,
 )
-from contract.signing import generate_key, public_key_bytes, sign_batch
-from hub.config import HubConfig, NatsSettings
+from contract.signing import batch_headers, generate_key, public_key_bytes
+from hub.config import HubConfig, NatsSettings, TlsSettings
 from hub.ingest import Ingestor
 from hub.registry import Registry
 from hub.store import SqliteStore
@@ -50,13 +47,9 @@ def _key(tenant: str, edge: str) -> Ed25519PrivateKey:
 def _headers(
     tenant: str, edge: str, seq: int, body: bytes, *, msg: str | None = None, codec: int = 1
 ) -> dict[str, str]:
-    return {
-        HDR_MSG_ID: msg or msg_id(edge, seq),
-        HDR_EDGE: edge,
-        HDR_SEQ: str(seq),
-        HDR_CODEC: str(codec),
-        HDR_SIGNATURE: sign_batch(_key(tenant, edge), tenant, edge, seq, codec, body),
-    }
+    return batch_headers(
+        _key(tenant, edge), tenant, edge, seq, codec, body, msg=msg or msg_id(edge, seq)
+    )
 
 
 class _Hub:
@@ -70,7 +63,9 @@ class _Hub:
         self.ingestor: Ingestor | None = None
 
     def start(self) -> None:
-        self.ingestor = Ingestor(HubConfig(nats=self.settings), self.store, self.registry)
+        plain = TlsSettings(nats=False)  # TLS to NATS: tests/test_pki.py and the Lab tests
+        config = HubConfig(nats=self.settings, tls=plain)
+        self.ingestor = Ingestor(config, self.store, self.registry)
         self.task = asyncio.create_task(self.ingestor.run())
 
     async def stop(self) -> None:

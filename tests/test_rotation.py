@@ -25,17 +25,16 @@ from contract.codec import encode_batch
 from contract.keyproof import key_fingerprint
 from contract.model import Reading
 from contract.names import (
-    HDR_CODEC,
-    HDR_EDGE,
-    HDR_MSG_ID,
-    HDR_SEQ,
-    HDR_SIGNATURE,
-    msg_id,
     telemetry_subject,
 )
 from contract.natsconn import connect_nats
 from contract.nkeyid import nkey_public, nkey_seed
-from contract.signing import generate_key, load_or_create_key, public_key_bytes, sign_batch
+from contract.signing import (
+    batch_headers,
+    generate_key,
+    load_or_create_key,
+    public_key_bytes,
+)
 from edge.identity import Enrollment, KeyHolder, nats_identity, rekey_connection, write_atomic
 from hub.registry import Registry
 from simulator.fleet import Fleet, FleetSpec
@@ -108,18 +107,12 @@ async def test_rotation_with_a_backlog_loses_nothing_and_retires_the_old_key(
         await until(lambda: time.time() * 1e6 > retired_us + GRACE_S * 1e6, "the grace to end", 10)
         body = encode_batch([Reading("intruder", "temp", 1_000_000, 1.0)])
         seq = 10**9
-        nc = await nats.connect(lab.nats.url)
+        nc = await nats.connect(lab.nats.url, **lab.nats_identity.options())
         try:
             await nc.jetstream(timeout=10).publish(
                 telemetry_subject(TENANT, EDGE),
                 body,
-                headers={
-                    HDR_MSG_ID: msg_id(EDGE, seq),
-                    HDR_EDGE: EDGE,
-                    HDR_SEQ: str(seq),
-                    HDR_CODEC: "1",
-                    HDR_SIGNATURE: sign_batch(old_key, TENANT, EDGE, seq, 1, body),
-                },
+                headers=batch_headers(old_key, TENANT, EDGE, seq, 1, body),
             )
         finally:
             await nc.close()

@@ -136,7 +136,7 @@ def _decode(enc: Encoder, t: DeviceType, wire: Wire, parsers: dict[str, object])
 def test_the_edge_decodes_exactly_what_the_ledger_says(name: str) -> None:
     t = _types()[name]
     enc = encoder_for(t)
-    part = WirePart(t, enc, 0, N)
+    part = WirePart(t, 0, N, enc)
     sent: Counter[tuple[Hashable, ...]] = Counter()
     stored: Counter[tuple[Hashable, ...]] = Counter()
     parsers: dict[str, object] = {}
@@ -168,7 +168,7 @@ def test_quantised_formats_stay_within_half_a_quantum_of_the_truth() -> None:
     truth = _truth_pairs(t)
     fields = {"temp": "temperature", "hum": "humidity", "pres": "pressure", "batt": "voltage"}
     checked = clamped = 0
-    for _msg, wire, _due in WirePart(t, enc, 0, N).wires():
+    for _msg, wire, _due in WirePart(t, 0, N, enc).wires():
         for device, sensor, ts, value in wire.items:
             key = next((k for k, f in fields.items() if f == sensor), None)
             if key is None:
@@ -187,7 +187,7 @@ def test_quantised_formats_stay_within_half_a_quantum_of_the_truth() -> None:
     g = types["gpsr"]
     genc = encoder_for(g)
     gtruth = _truth_pairs(g)
-    for _msg, wire, _due in WirePart(g, genc, 0, N).wires():
+    for _msg, wire, _due in WirePart(g, 0, N, genc).wires():
         (device, _s, ts, _v) = wire.items[0]
         fix = gtruth[(device, ts)]["fix"]
         got = {s.split("/")[1]: v for _d, s, _t, v in wire.items}
@@ -199,7 +199,7 @@ def test_quantised_formats_stay_within_half_a_quantum_of_the_truth() -> None:
 def test_the_ledger_of_an_exact_format_is_the_ground_truth() -> None:
     t = _types()["jsonl"]
     enc = encoder_for(t)
-    items = [i for _m, w, _d in WirePart(t, enc, 0, N).wires() for i in w.items]
+    items = [i for _m, w, _d in WirePart(t, 0, N, enc).wires() for i in w.items]
     assert [(r.device, r.sensor, r.ts, r.value) for r in t.truth(0, N)] == items
 
 
@@ -301,6 +301,6 @@ def test_every_transport_example_loads_and_is_in_the_docs() -> None:
         (t,) = fleet.device_types
         kinds.add(t.transport.kind)
         assert f"```toml\n{path.read_text()}```" in page, f"{path.name} differs in the docs"
-        for _msg, wire, _due in WirePart(t, encoder_for(t), 0, 3).wires():
+        for _msg, wire, _due in WirePart(t, 0, 3, encoder_for(t)).wires():
             assert wire.items
     assert kinds == {"mqtt", "serial", "http", "ws", "ble"}

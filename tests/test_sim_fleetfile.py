@@ -236,6 +236,10 @@ def test_truth_lists_outliers_and_matches_the_emitted_readings() -> None:
         ),
         ('[[device_types]]\nname = "a"\ntransport = { qos = 2 }', "device_types[0].transport.qos"),
         (
+            '[[device_types]]\nname = "a"\ntransport = { ca_file = 1 }',
+            "device_types[0].transport.ca_file",
+        ),
+        (
             '[[device_types]]\nname = "a"\ntransport = { payload = "value", topic = "x/{device}" }',
             "device_types[0].transport.topic",
         ),

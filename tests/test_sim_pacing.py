@@ -3,6 +3,7 @@ receiver shows up as lag, never as a slower schedule; and a real run against Mos
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +14,11 @@ from simulator.cli import main
 from simulator.display import Progress, TransportCounts
 from simulator.fleet import reading_key
 from simulator.fleetfile import DeviceType, FleetFile, load_fleet_file, parse_fleet
-from simulator.fleetrun import FilePart, _prefetched, send_fleet_file
-from simulator.pacing import OpenLoop, fleet_rate, metered
+from simulator.fleetrun import FilePart, _parts, _prefetched, send_fleet_file
+from simulator.pacing import OpenLoop, fleet_rate, metered, transport_rates
 from simulator.send import Ledger
 from simulator.servers import Mosquitto
+from simulator.transports import messages_per_instant, readings_per_device
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +55,7 @@ async def drive(
     counts: TransportCounts,
     progress: Progress,
 ) -> tuple[Ledger, list[float], list[float]]:
-    """What ``publish_parts`` does (wait for each due time, send, acknowledge), where each send
+    """What ``send_device_type`` does (wait for each due time, send, acknowledge), where each send
     takes ``next(cost)`` seconds of the fake clock. Returns the ledger, due and send times."""
     clock = loop.clock
     assert isinstance(clock, FakeClock)
@@ -62,17 +64,19 @@ async def drive(
     loop.expect(dtype, range(instants))
     dues: list[float] = []
     sends: list[float] = []
-    parts = iter([(FilePart(dtype, 0, instants), None)])
-    parts2 = ((p, p.messages()) for p, _ in parts)
+    parts = iter([FilePart(dtype, 0, instants)])
+    parts2 = ((p, p.wires()) for p in parts)
     for part, messages in metered(dtype, parts2, counts=counts, progress=progress, open_loop=loop):
         ledger._add_part(part)
-        for msg, _topic, _payload, due in messages:
+        for msg, _wire, due in messages:
             assert due is not None  # open loop: every message has its own due time
             dues.append(loop.wall(due) - 100.0)
             await pacer.wait(due)
             sends.append(clock.now() - 100.0)
             clock.t += next(cost)  # the receiver is this slow
+            before = ledger.count
             ledger._ack(part, msg)
+            counts.acked += ledger.count - before
     return ledger, dues, sends
 
 
@@ -200,14 +204,14 @@ async def test_a_run_fills_the_display_counters_and_progress(mosquitto: Mosquitt
 
 
 def test_metered_takes_any_message_tuple_with_index_first_and_due_last() -> None:
-    """Other transports' senders yield ``(msg, wire, due)``: the same wrapper applies."""
+    """Any ``(msg, ..., due)`` tuple: the same wrapper applies."""
     f = fleet()
     dtype = f.device_types[0]
     loop = OpenLoop.for_rate(f, 40.0, clock=FakeClock())
     part = FilePart(dtype, 0, 2)
-    wires = ((msg, payload, due) for msg, _topic, payload, due in part.messages())
+    wires = ((msg, wire.payload, due) for msg, wire, due in part.wires())
     counts, progress = TransportCounts(), Progress(total=2)
-    [(wrapped, messages)] = list(
+    [(same, messages)] = list(
         metered(dtype, iter([(part, wires)]), counts=counts, progress=progress, open_loop=loop)
     )
     out = list(messages)
@@ -216,15 +220,118 @@ def test_metered_takes_any_message_tuple_with_index_first_and_due_last() -> None
     assert [m[0] for m in out] == list(range(8))
     assert counts.sent == 8
     assert progress.done == 2
-    assert wrapped.readings_in(3) == 1
-    assert counts.acked == 1
+    assert same is part
+    assert part.readings_in(3) == 1
+
+
+@pytest.mark.parametrize(
+    ("transport", "per_instant"),
+    [
+        ('{ kind = "mqtt", payload = "value" }', 8),  # a message per sensor
+        ('{ kind = "mqtt", payload = "senml" }', 4),  # a message per device
+        ('{ kind = "serial", format = "csv", port = "/tmp/x/{device}" }', 4),
+        (
+            '{ kind = "http", url = "http://127.0.0.1:1", token_key = "k", tenant = "t", batch = 3 }',
+            4,
+        ),
+        (
+            '{ kind = "ble", format = "bthome", socket = "/tmp/x.sock", fields = { temp = "temperature" } }',
+            4,
+        ),
+    ],
+)
+def test_open_loop_spreads_every_transports_messages_over_the_instant(
+    transport: str, per_instant: int
+) -> None:
+    """Every kind's messages of an instant (or of a batch's last instant) get due times
+    spread evenly over its period, and the sent readings and instants done are counted."""
+    text = FLEET.replace("rate_hz = 1.0", f"rate_hz = 1.0\ntransport = {transport}")
+    text += '[[device_types.sensors]]\nkey = "humidity"\ngenerator = "humidity"\n'
+    f = parse_fleet(text)
+    (dtype,) = f.device_types
+    assert messages_per_instant(dtype) == per_instant
+    loop = OpenLoop.for_rate(f, 8.0, clock=FakeClock())  # the fleet's own rate
+    counts, progress = TransportCounts(), Progress(total=6)
+    parts = list(_parts(dtype, range(6)))
+    out = [
+        (m[0], m[-1])
+        for _p, msgs in metered(
+            dtype, ((p, p.wires()) for p in parts), counts=counts, progress=progress, open_loop=loop
+        )
+        for m in msgs
+    ]
+    batch = 3 if "batch" in transport else 1
+    groups = 6 // batch
+    assert len(out) == groups * per_instant
+    step = 1_000_000 // per_instant
+    first_due = dtype.start_us + (batch - 1) * 1_000_000
+    assert [due for _msg, due in out] == [
+        first_due + g * batch * 1_000_000 + j * step
+        for g in range(groups)
+        for j in range(per_instant)
+    ]
+    assert counts.sent == sum(
+        len(w.items) for p in _parts(dtype, range(6)) for _m, w, _d in p.wires()
+    )
+    assert progress.done == 6
 
 
 def test_prefetched_parts_send_exactly_what_plain_parts_send() -> None:
     dtype = fleet().device_types[0]
-    plain = [list(FilePart(dtype, s, 3).messages()) for s in (0, 3, 6)]
-    ahead = [
-        list(p.messages()) for p in _prefetched(iter([FilePart(dtype, s, 3) for s in (0, 3, 6)]))
-    ]
+    plain = [list(FilePart(dtype, s, 3).wires()) for s in (0, 3, 6)]
+    ahead = [list(p.wires()) for p in _prefetched(iter([FilePart(dtype, s, 3) for s in (0, 3, 6)]))]
     assert ahead == plain
     assert len(plain[2]) == 12
+
+
+async def test_the_schedule_starts_when_every_device_type_is_ready() -> None:
+    """The first type to connect does not fix the origin alone: it waits for the others."""
+    f = fleet()
+    (dtype,) = f.device_types
+    loop = OpenLoop.for_rate(f, 4.0, clock=FakeClock())
+    loop.expect(dtype, range(3))
+    loop.expect(dtype, None)  # endless types are waited for too
+    loop.expect(dtype, range(0))  # a type with nothing to send is not
+    first = asyncio.create_task(loop.ready())
+    await asyncio.sleep(0)
+    assert not first.done()
+    await loop.ready()
+    await first
+
+
+def test_the_target_rate_counts_readings_as_the_edge_makes_them() -> None:
+    """A CSV line splits a 3-axis vector into three readings; MQTT JSON keeps it whole."""
+    sensors = '[{ key = "t", generator = "temperature" }, { key = "acc", generator = "accel" }]'
+    text = (
+        '[[device_types]]\nname = "a"\ncount = 2\nrate_hz = 2.0\n'
+        'transport = { kind = "serial", format = "csv", port = "/tmp/x/{device}" }\n'
+        f"sensors = {sensors}\n"
+        '[[device_types]]\nname = "b"\ncount = 3\n'
+        f"sensors = {sensors}\n"
+    )
+    f = parse_fleet(text)
+    a, b = f.device_types
+    assert (readings_per_device(a), readings_per_device(b)) == (4, 2)
+    assert transport_rates(f) == {"serial": 16.0, "mqtt": 6.0}
+    assert fleet_rate(f) == 22.0
+
+
+async def test_a_batching_transports_window_opens_at_its_first_instant() -> None:
+    """A device that sends 3 instants at once sends its first message at instant 2, but the
+    schedule (and the achieved rate's window) starts at instant 0: on time is 100%."""
+    transport = (
+        '{ kind = "http", url = "http://127.0.0.1:1", token_key = "k", tenant = "t", batch = 3 }'
+    )
+    f = parse_fleet(FLEET.replace("rate_hz = 1.0", f"rate_hz = 1.0\ntransport = {transport}"))
+    (dtype,) = f.device_types
+    loop = OpenLoop.for_rate(f, 4.0, clock=FakeClock())
+    loop.expect(dtype, range(6))
+    pacer = loop.pacer(dtype.start_us)
+    for _part, messages in metered(
+        dtype, ((p, p.wires()) for p in _parts(dtype, range(6))), open_loop=loop
+    ):
+        for _msg, _wire, due in messages:
+            await pacer.wait(due)
+    report = loop.report(24, bounded=True)
+    assert (report.window_s, report.readings, report.late) == (6.0, 24, 0)
+    assert report.ratio == 1.0

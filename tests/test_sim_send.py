@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from contract.errors import ConfigError
 from contract.model import Reading
+from hub.pki import site_tls_files
 from simulator.fleet import Fleet, FleetSpec, canonical_value, reading_key
 from simulator.mqtt_wire import MqttError
 from simulator.send import Ledger, send_fleet
@@ -201,3 +204,23 @@ def test_ledger_of_plain_readings() -> None:
     assert ledger.count == 3
     assert ledger.readings == rs
     assert ledger.keys() == {("d", "s", 1, "1.5"), ("d", "s", 2, "true"), ("e", "s", 2, "3")}
+
+
+async def test_mqtts_sends_to_a_tls_broker_that_verifies_and_refuses_strangers(
+    tmp_path: Path,
+) -> None:
+    """``mqtts://``: the broker's acknowledgements come back over TLS verified against its CA;
+    without that CA, or in plain text, nothing is sent."""
+    ca, cert, key = site_tls_files(tmp_path / "tls", "mosquitto")
+    fleet = Fleet(FleetSpec(devices=2, sensors=2))
+    with Mosquitto(tmp_path / "broker", tls=(ca, cert, key)).start() as broker:
+        assert broker.url.startswith("mqtts://")
+        trusted = ssl.create_default_context(cafile=str(ca))
+        ledger = await send_fleet(fleet, broker.url, instants=range(5), paced=False, tls=trusted)
+        assert ledger.count == 2 * 2 * 5
+        assert ledger.keys() == _expected(fleet, range(5))
+        with pytest.raises(MqttError, match="certificate verify failed"):
+            await send_fleet(fleet, broker.url, instants=range(1), paced=False)
+        plain = broker.url.replace("mqtts://", "mqtt://")
+        with pytest.raises(MqttError):
+            await send_fleet(fleet, plain, instants=range(1), paced=False)

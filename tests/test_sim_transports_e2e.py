@@ -13,6 +13,7 @@ the arrival (BLE) -- as multisets: nothing missing, nothing twice.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import pty
 import shutil
@@ -23,6 +24,7 @@ from collections.abc import Hashable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from contract.model import now_us
 from edge.sources.lines import JsonLineParser
@@ -35,6 +37,7 @@ from simulator.send import Ledger
 from simulator.servers import Mosquitto, free_port
 from simulator.transports import edge_sources_toml, encoder_for
 from tests.polling import until
+from tests.test_edge_mqtt_field import _cert, _key, _write
 from tests.test_edge_support import EdgeProcess, stored, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -63,22 +66,39 @@ def _keys(
     return Counter(enc.key(d, s, ts, v) for d, s, ts, v in readings)  # type: ignore[arg-type]
 
 
+async def wait_stored(buffer: Path, count: int) -> None:
+    """Until the edge's buffer file holds ``count`` readings (or more)."""
+    await until(
+        lambda: len(stored(buffer)) >= count, f"{count} readings stored", 30, in_thread=True
+    )
+
+
+async def wait_listening(edge: EdgeProcess, fleet: FleetFile) -> None:
+    """Until the edge's MQTT and HTTP sources of ``fleet`` are connected (its admin API comes up
+    before its sources: a broker keeps nothing for a subscription not made yet, and an HTTP
+    port not yet open refuses). Serial and BLE senders wait for the edge themselves."""
+    names = {t.name for t in fleet.device_types if t.transport.kind in {"mqtt", "http", "ws"}}
+
+    async def ready() -> bool:
+        if not edge.port_file.exists():
+            return False
+        sources = (await edge.status())["sources"]
+        return all(sources.get(n, {}).get("connected") for n in names)
+
+    await until(ready, "the edge's MQTT and HTTP sources", 30)
+
+
 async def _deliver(tmp_path: Path, fleet: FleetFile, extra: str, mqtt_url: str = "") -> Ledger:
     """Start an edge with ``extra`` sources, send the fleet, wait for every reading; compare."""
     config = write_config(tmp_path / "edge", tenant=TENANT, extra=extra)
     edge = EdgeProcess(config).start()
     try:
-        await until(edge.port_file.exists, "the edge's admin API", 30)
+        await wait_listening(edge, fleet)
         ledger = await send_fleet_file(
             fleet, mqtt_url or "mqtt://127.0.0.1:1", seconds=SECONDS, paced=False
         )
         buffer = config.parent / "state" / "buffer.sqlite3"
-        await until(
-            lambda: len(stored(buffer)) >= ledger.count,
-            f"{ledger.count} readings stored",
-            30,
-            in_thread=True,
-        )
+        await wait_stored(buffer, ledger.count)
         status = await edge.status()
     finally:
         assert edge.terminate() == 0
@@ -93,20 +113,26 @@ async def _deliver(tmp_path: Path, fleet: FleetFile, extra: str, mqtt_url: str =
     return ledger
 
 
-@pytest.mark.parametrize("payload", ["json", "value", "senml"])
-async def test_mqtt(tmp_path: Path, mosquitto: Mosquitto, payload: str) -> None:
-    fleet = _fleet(
-        f"""
+def _boilers(transport: str) -> str:
+    return f"""
 [[device_types]]
 name = "boiler"
 count = 3
 interval_s = 2
-transport = {{ kind = "mqtt", payload = "{payload}" }}
-clock = {{ drift_ppm = 50, jitter_ms = 30 }}
+transport = {transport}
+"""
+
+
+@pytest.mark.parametrize("payload", ["json", "value", "senml"])
+async def test_mqtt(tmp_path: Path, mosquitto: Mosquitto, payload: str) -> None:
+    fleet = _fleet(
+        _boilers(f'{{ kind = "mqtt", payload = "{payload}" }}')
+        + """
+clock = { drift_ppm = 50, jitter_ms = 30 }
 sensors = [
-  {{ key = "temp", generator = "temperature", filters = [{{ kind = "dropout", probability = 0.1 }}] }},
-  {{ key = "relay", generator = "switch" }},
-  {{ key = "gps", generator = "gps", center = [48.85, 2.35] }},
+  { key = "temp", generator = "temperature", filters = [{ kind = "dropout", probability = 0.1 }] },
+  { key = "relay", generator = "switch" },
+  { key = "gps", generator = "gps", center = [48.85, 2.35] },
 ]
 """
     )
@@ -254,3 +280,73 @@ sensors = [{{ key = "temp", generator = "temperature" }}]
     readings = [r for line in got.splitlines() if line for r in parser(line, now_us())]
     assert {reading_key(r) for r in readings} == ledger.keys()
     assert len(readings) == ledger.count == 20
+
+
+@pytest.fixture
+def broker_pki(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A throwaway CA, a broker certificate for 127.0.0.1 signed by it, and an unrelated CA:
+    ``(ca, cert, key, other_ca)``."""
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    ca_key, server_key, other_key = _key(), _key(), _key()
+    ca = _cert("cairn sim test CA", ca_key, None, ca=True)
+    server = _cert(
+        "broker",
+        server_key,
+        ("cairn sim test CA", ca_key),
+        sans=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+    other = _cert("another CA", other_key, None, ca=True)
+    return (
+        _write(folder, "ca", ca),
+        _write(folder, "server", server, server_key),
+        folder / "server.key",
+        _write(folder, "other", other),
+    )
+
+
+async def test_mqtt_over_tls_with_a_ca_file(
+    tmp_path: Path, broker_pki: tuple[Path, Path, Path, Path]
+) -> None:
+    """The fleet file's ``ca_file``: the simulator publishes to a TLS-only Mosquitto,
+    checking its certificate; the edge reads the broker over TLS too; nothing lost."""
+    ca, cert, key, _other = broker_pki
+    with Mosquitto(tmp_path / "broker", tls=(ca, cert, key)).start() as broker:
+        assert broker.url.startswith("mqtts://")
+        fleet = _fleet(
+            _boilers(f'{{ kind = "mqtt", payload = "json", ca_file = "{ca}" }}')
+            + 'sensors = [{ key = "temp", generator = "temperature" }]\n'
+        )
+        (t,) = fleet.device_types
+        assert f'ca_file = "{ca}"' in edge_sources_toml(t, mqtt_url=broker.url)
+        ledger = await _deliver(
+            tmp_path, fleet, edge_sources_toml(t, mqtt_url=broker.url), broker.url
+        )
+    assert ledger.keys() == {reading_key(r.reading) for r in fleet.truth(SECONDS)}
+
+
+def test_mqtt_tls_errors_are_one_line(
+    tmp_path: Path, broker_pki: tuple[Path, Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broker whose certificate the CA does not sign, a CA file that is not there, a CA file
+    for a plain mqtt:// broker: one line each, no traceback, nothing sent."""
+    ca, cert, key, other = broker_pki
+    path = tmp_path / "fleet.toml"
+
+    def run(ca_file: Path, url: str) -> str:
+        path.write_text(
+            '[[device_types]]\nname = "p"\n'
+            f'transport = {{ kind = "mqtt", ca_file = "{ca_file}" }}\n'
+            '[[device_types.sensors]]\nkey = "t"\ngenerator = "temperature"\n'
+        )
+        assert main(["run", str(path), "--mqtt", url, "--count", "2", "--fast"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1, err
+        return err
+
+    with Mosquitto(tmp_path / "broker", tls=(ca, cert, key)).start() as broker:
+        assert "CERTIFICATE_VERIFY_FAILED" in run(other, broker.url)
+        assert "no such file" in run(tmp_path / "missing.pem", broker.url)
+        plain = broker.url.replace("mqtts://", "mqtt://")
+        assert "needs an mqtts:// broker URL" in run(ca, plain)

@@ -222,6 +222,8 @@ def test_parse_mqtt_url() -> None:
     assert parse_mqtt_url("mqtt://localhost") == ("localhost", 1883)
     assert parse_mqtt_url("127.0.0.1:7") == ("127.0.0.1", 7)
     assert parse_mqtt_url("mqtt://[::1]:1999") == ("::1", 1999)
+    assert parse_mqtt_url("mqtts://broker.example") == ("broker.example", 8883)
+    assert parse_mqtt_url("mqtts://127.0.0.1:8884") == ("127.0.0.1", 8884)
     for bad in ("http://x:1", "mqtt://:1883", "mqtt://h:port", "mqtt://h:0"):
         with pytest.raises(MqttError):
             parse_mqtt_url(bad)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from contract.errors import AuthError, ConfigError
 from contract.model import valid_name
+from edge.filestamp import FileStamp, file_stamp
 
 __all__ = [
     "AUDIENCE",
@@ -54,9 +55,11 @@ __all__ = [
     "DeviceClaims",
     "DeviceTokenError",
     "DeviceTokenVerifier",
+    "JwtRefusedError",
     "RevocationList",
     "VerificationKey",
     "load_key",
+    "verify_jwt",
 ]
 
 _log = logging.getLogger(__name__)
@@ -70,6 +73,10 @@ MIN_RSA_BITS: Final = 2048
 
 ED25519: Final = "EdDSA"
 RS256: Final = "RS256"
+
+
+_DEVICE_SLUGS: Final = {"expired": "token-expired", "not-yet-valid": "token-not-yet-valid"}
+"""The :class:`JwtRefusedError` reasons a device hears by name; every other one is ``bad-token``."""
 
 
 class DeviceTokenError(AuthError):
@@ -125,9 +132,71 @@ def load_key(kid: str, path: Path, where: str = "key") -> VerificationKey:
     raise ConfigError(where, f"{path}: only Ed25519 and RSA public keys are accepted")
 
 
+class JwtRefusedError(Exception):
+    """Why :func:`verify_jwt` refused a token: ``reason`` is ``malformed``, ``unknown-key``,
+    ``wrong-algorithm``, ``expired``, ``not-yet-valid``, ``bad-audience``, ``bad-issuer``,
+    ``missing-claim`` or ``invalid``; ``detail`` a sentence for the log or the client."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(detail)
+
+
+def verify_jwt(
+    token: str,
+    keys: Mapping[str, VerificationKey],
+    *,
+    audience: str,
+    issuer: str,
+    leeway_s: float,
+    require: Sequence[str],
+) -> tuple[dict[str, Any], VerificationKey]:
+    """The claims of ``token`` and the key that verified them: signed by one of ``keys``
+    (chosen by its ``kid``, the algorithm pinned to that key's), for ``audience`` (and
+    ``issuer`` unless empty), unexpired (``leeway_s``), with the ``require``d claims;
+    :class:`JwtRefusedError` otherwise. Device tokens and the hub's commands are both
+    checked here (each caller turns the refusal into its own error)."""
+    try:
+        header = jwt.get_unverified_header(token)
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise JwtRefusedError("malformed", "malformed token") from exc
+    kid = header.get("kid")
+    key = keys.get(kid) if isinstance(kid, str) else None
+    if key is None:
+        raise JwtRefusedError("unknown-key", "token signed by an unknown key (kid)")
+    if header.get("alg") != key.algorithm:
+        raise JwtRefusedError(
+            "wrong-algorithm", f"key {kid!r} verifies {key.algorithm} tokens only"
+        )
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.key,
+            algorithms=[key.algorithm],
+            audience=audience,
+            issuer=issuer or None,
+            leeway=leeway_s,
+            options={"require": list(require)},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise JwtRefusedError("expired", "the token has expired") from exc
+    except jwt.ImmatureSignatureError as exc:
+        raise JwtRefusedError("not-yet-valid", "the token is not valid yet") from exc
+    except jwt.InvalidAudienceError as exc:
+        raise JwtRefusedError("bad-audience", f"the token is not for {audience!r}") from exc
+    except jwt.InvalidIssuerError as exc:
+        raise JwtRefusedError("bad-issuer", "the token is from another issuer") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise JwtRefusedError("missing-claim", f"the token lacks {exc.claim!r}") from exc
+    except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
+        raise JwtRefusedError("invalid", "invalid token signature or claims") from exc
+    return claims, key
+
+
 @dataclass
 class _FileState:
-    signature: tuple[int, int, int] | None = None
+    stamp: FileStamp | None = None
     jtis: frozenset[str] = frozenset()
     devices: frozenset[str] = frozenset()
     errors: int = 0
@@ -190,14 +259,13 @@ class RevocationList:
 
     def _read(self) -> bool:
         assert self.path is not None
-        st = self.path.stat()
-        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if signature == self._state.signature:
+        stamp = file_stamp(self.path)
+        if stamp == self._state.stamp:
             return False
         text = self.path.read_bytes().decode("utf-8", "replace")
         jtis, devices = _parse_revocations(text.splitlines(), self.path)
         changed = (jtis, devices) != (self._state.jtis, self._state.devices)
-        self._state = _FileState(signature, jtis, devices, self._state.errors)
+        self._state = _FileState(stamp, jtis, devices, self._state.errors)
         if changed:
             _log.info(
                 "revocation list %s: %d tokens and %d devices revoked",
@@ -293,42 +361,17 @@ class DeviceTokenVerifier:
         if len(token) > MAX_TOKEN_BYTES:
             raise DeviceTokenError(401, "bad-token", f"token longer than {MAX_TOKEN_BYTES} bytes")
         try:
-            header = jwt.get_unverified_header(token)
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            raise DeviceTokenError(401, "bad-token", "malformed token") from exc
-        kid = header.get("kid")
-        key = self._keys.get(kid) if isinstance(kid, str) else None
-        if key is None:
-            raise DeviceTokenError(401, "bad-token", "token signed by an unknown key (kid)")
-        if header.get("alg") != key.algorithm:
-            raise DeviceTokenError(
-                401, "bad-token", f"key {kid!r} verifies {key.algorithm} tokens only"
-            )
-        require = ["exp", "sub", "aud"] + (["iss"] if self.issuer else [])
-        try:
-            raw: dict[str, Any] = jwt.decode(
+            raw, key = verify_jwt(
                 token,
-                key.key,
-                algorithms=[key.algorithm],
+                self._keys,
                 audience=AUDIENCE,
-                issuer=self.issuer or None,
-                leeway=self.leeway_s,
-                options={"require": require},
+                issuer=self.issuer,
+                leeway_s=self.leeway_s,
+                require=["exp", "sub", "aud"] + (["iss"] if self.issuer else []),
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise DeviceTokenError(401, "token-expired", "the token has expired") from exc
-        except jwt.ImmatureSignatureError as exc:
-            raise DeviceTokenError(
-                401, "token-not-yet-valid", "the token is not valid yet"
-            ) from exc
-        except jwt.InvalidAudienceError as exc:
-            raise DeviceTokenError(401, "bad-token", f"the token is not for {AUDIENCE!r}") from exc
-        except jwt.InvalidIssuerError as exc:
-            raise DeviceTokenError(401, "bad-token", "the token is from another issuer") from exc
-        except jwt.MissingRequiredClaimError as exc:
-            raise DeviceTokenError(401, "bad-token", f"the token lacks {exc.claim!r}") from exc
-        except (jwt.PyJWTError, ValueError, TypeError, OverflowError) as exc:
-            raise DeviceTokenError(401, "bad-token", "invalid token signature or claims") from exc
+        except JwtRefusedError as exc:
+            slug = _DEVICE_SLUGS.get(exc.reason, "bad-token")
+            raise DeviceTokenError(401, slug, exc.detail) from exc
         sub, tenant, jti = raw.get("sub"), raw.get("tenant"), raw.get("jti")
         if not isinstance(sub, str) or not valid_name(sub):
             raise DeviceTokenError(401, "bad-token", "the token's sub is not a valid device id")

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.slow
 LOAD = Load(devices=20, sensors=3, speed=40.0)
 
 
-async def _republish(url: str, msgs: list[Any], tag: str) -> int:
+async def _republish(lab: FaultLab, msgs: list[Any], tag: str) -> int:
     """Publish each message again, headers kept but ``Nats-Msg-Id`` ``<tag>:<stream seq>``."""
-    nc = await nats.connect(url)
+    nc = await nats.connect(lab.nats.url, **lab.nats_identity.options())
     try:
         js = nc.jetstream()
         for m in msgs:
@@ -47,15 +47,19 @@ async def test_duplicate_delivery_storm(make_lab: Callable[..., FaultLab], soak:
     sending = lab.send(LOAD, max(4.0, soak))
     await lab.progress(lambda: hub_count(lab), 3000, "readings at the hub")
     copies = 0
-    first = await stream_messages(lab.nats.url)
+    first = await stream_messages(lab.nats.url, lab.nats_identity)
     for k in range(2):
-        copies += await _republish(lab.nats.url, first, f"storm{k}")
+        copies += await _republish(lab, first, f"storm{k}")
     ledger = await sending.finish()
     await lab.settle([ledger])
     seen = len(first)
-    rest = [m for m in await stream_messages(lab.nats.url) if m.headers[HDR_MSG_ID][:5] != "storm"]
+    rest = [
+        m
+        for m in await stream_messages(lab.nats.url, lab.nats_identity)
+        if m.headers[HDR_MSG_ID][:5] != "storm"
+    ]
     for k in range(2):
-        copies += await _republish(lab.nats.url, rest, f"storm{k}b")
+        copies += await _republish(lab, rest, f"storm{k}b")
     await lab.until(lambda: _ingest(lab).get("duplicates", 0) >= copies, f"{copies} duplicates")
     lab.verdict("duplicate delivery storm", [ledger], rounds=2, note=f"{copies} copies")
     assert seen > 0
@@ -70,13 +74,13 @@ async def test_out_of_order_delivery(make_lab: Callable[..., FaultLab], soak: fl
     sending = lab.send(LOAD, max(3.0, soak))
     ledger = await sending.finish()
     await lab.until(lambda: lab.unsent() == 0 and lab.forwarded() >= ledger.count, "forwarding")
-    msgs = await stream_messages(lab.nats.url)
-    nc = await nats.connect(lab.nats.url)
+    msgs = await stream_messages(lab.nats.url, lab.nats_identity)
+    nc = await nats.connect(lab.nats.url, **lab.nats_identity.options())
     try:
         await nc.jetstream().purge_stream(STREAM_NAME)
     finally:
         await nc.close()
-    await _republish(lab.nats.url, list(reversed(msgs)), "reverse")
+    await _republish(lab, list(reversed(msgs)), "reverse")
     await lab.to_thread(lab.start_hub)
     await lab.settle([ledger])
     lab.verdict("out-of-order delivery (reversed)", [ledger], note=f"{len(msgs)} batches reversed")

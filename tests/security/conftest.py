@@ -173,11 +173,12 @@ adds the victim's API key, enrollment and token ids under the names a route may 
 
 
 @dataclass
-class ApiWorld:
-    client: TestClient
-    auth: TokenAuthority
-    registry: Registry
+class Parts:
+    """What a hub API is made of, seeded: store, registry, token authority, tokens, samples."""
+
     store: SqliteStore
+    registry: Registry
+    auth: TokenAuthority
     store_path: Path
     registry_path: Path
     tokens: dict[tuple[str, str], str]
@@ -188,6 +189,17 @@ class ApiWorld:
 
     def snapshot(self) -> dict[str, set[tuple[Any, ...]]]:
         return snapshot(self.store_path, self.registry_path)
+
+    def close(self) -> None:
+        self.registry.close()
+        self.store.close()
+
+
+@dataclass
+class ApiWorld(Parts):
+    """The parts and a test client of their API."""
+
+    client: TestClient
 
 
 def _seed_store(store: SqliteStore) -> None:
@@ -226,23 +238,6 @@ def _seed_registry(registry: Registry) -> dict[str, str]:
     return found
 
 
-@dataclass
-class Parts:
-    """What a hub API is made of, seeded: store, registry, token authority, tokens, samples."""
-
-    store: SqliteStore
-    registry: Registry
-    auth: TokenAuthority
-    store_path: Path
-    registry_path: Path
-    tokens: dict[tuple[str, str], str]
-    samples: dict[str, str]
-
-    def close(self) -> None:
-        self.registry.close()
-        self.store.close()
-
-
 def make_parts(folder: Path) -> Parts:
     store_path = folder / "store.sqlite3"
     registry_path = folder / "registry.sqlite3"
@@ -262,16 +257,7 @@ async def world(tmp_path: Path) -> AsyncIterator[ApiWorld]:
     app = make_app(p.store, p.auth, registry=p.registry)
     try:
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            yield ApiWorld(
-                client,
-                p.auth,
-                p.registry,
-                p.store,
-                p.store_path,
-                p.registry_path,
-                p.tokens,
-                p.samples,
-            )
+            yield ApiWorld(**vars(p), client=client)
     finally:
         p.close()
 

@@ -11,7 +11,6 @@ another edge's next batch by publishing first with that batch's ``Nats-Msg-Id``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import nats
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nats.aio.client import Client as NatsClient
 
 from contract.codec import decode_batch, encode_batch
 from contract.model import Reading
@@ -33,12 +33,12 @@ from contract.names import (
     msg_id,
     telemetry_subject,
 )
-from contract.signing import generate_key, public_key_bytes, sign_batch
-from hub.config import HubConfig, NatsSettings
+from contract.natsconn import NatsIdentity
+from contract.signing import b64url, batch_headers, generate_key, public_key_bytes, sign_batch
 from hub.ingest import Ingestor
 from hub.registry import Registry
 from hub.store import SqliteStore
-from simulator.servers import NatsServer
+from tests.pki_helpers import tls_nats
 from tests.polling import stream_exists, until
 
 from .conftest import AttackRecorder
@@ -60,15 +60,10 @@ class Edge:
 
     def headers(self, seq: int, body: bytes, *, codec: int = 1, mid: str = "") -> dict[str, str]:
         """The headers the edge's forwarder sends (``mid``: another Msg-Id)."""
-        sig = sign_batch(self.key, self.tenant, self.edge, seq, codec, body)
-        return {
-            HDR_MSG_ID: mid or msg_id(self.edge, seq, tenant=self.tenant, signature=sig),
-            HDR_EDGE: self.edge,
-            HDR_SEQ: str(seq),
-            HDR_CODEC: str(codec),
-            HDR_COUNT: str(decode_batch(body).count),
-            HDR_SIGNATURE: sig,
-        }
+        count = decode_batch(body).count
+        return batch_headers(
+            self.key, self.tenant, self.edge, seq, codec, body, count=count, msg=mid or None
+        )
 
     @property
     def subject(self) -> str:
@@ -81,23 +76,28 @@ class Hub:
     registry: Registry
     ingestor: Ingestor
     url: str
+    identity: NatsIdentity
+    """TLS towards the hub's CA: the attacks run on the secure path."""
+
+    async def connect(self) -> NatsClient:
+        return await nats.connect(self.url, **self.identity.options())
 
 
 @pytest.fixture
-async def hub(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Hub]:
+async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     store = SqliteStore(tmp_path / "store.sqlite3")
     registry = Registry(tmp_path / "registry.sqlite3")
-    settings = NatsSettings(url=nats_server.url, fetch_batch=16)
-    ingestor = Ingestor(HubConfig(nats=settings), store, registry)
-    task = asyncio.create_task(ingestor.run())
-    try:
-        await until(lambda: ingestor.stats.connected, "hub connected", 20)
-        yield Hub(store, registry, ingestor, nats_server.url)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        store.close()
-        registry.close()
+    with tls_nats(tmp_path, fetch_batch=16) as site:
+        ingestor = Ingestor(site.config, store, registry)
+        task = asyncio.create_task(ingestor.run())
+        try:
+            await until(lambda: ingestor.stats.connected, "hub connected", 20)
+            yield Hub(store, registry, ingestor, site.server.url, site.identity)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            store.close()
+            registry.close()
 
 
 def _enroll(hub: Hub, tenant: str, edge: str) -> Edge:
@@ -116,10 +116,6 @@ def _quarantined(store: SqliteStore) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 async def test_forged_tampered_and_replayed_batches(hub: Hub, attack: AttackRecorder) -> None:
     a = _enroll(hub, "t", "edge-a")
     b = _enroll(hub, "t", "edge-b")
@@ -131,7 +127,7 @@ async def test_forged_tampered_and_replayed_batches(hub: Hub, attack: AttackReco
     stranger = Edge("t", "edge-x", generate_key())  # never enrolled
     mallory = generate_key()
 
-    nc = await nats.connect(hub.url)
+    nc = await hub.connect()
     js = nc.jetstream(timeout=10)
     await until(lambda: stream_exists(js), "the stream", 20)
 
@@ -150,7 +146,13 @@ async def test_forged_tampered_and_replayed_batches(hub: Hub, attack: AttackReco
         attacks.append((name, subject, data, {**headers, HDR_MSG_ID: f"attack-{name}"}, {*reason}))
 
     h = a.headers(3, body)
-    add("forged signature", a.subject, body, {**h, HDR_SIGNATURE: _b64(bytes(64))}, "bad-signature")
+    add(
+        "forged signature",
+        a.subject,
+        body,
+        {**h, HDR_SIGNATURE: b64url(bytes(64))},
+        "bad-signature",
+    )
     add(
         "signed by an attacker's key",
         a.subject,
@@ -270,7 +272,7 @@ async def test_an_edge_cannot_squat_another_edges_msg_id(hub: Hub, attack: Attac
     victim = _enroll(hub, "t", "edge-v")
     twin = _enroll(hub, "u", "edge-v")  # another tenant's edge of the same name
     neighbour = _enroll(hub, "t", "edge-n")
-    nc = await nats.connect(hub.url)
+    nc = await hub.connect()
     js = nc.jetstream(timeout=10)
     await until(lambda: stream_exists(js), "the stream", 20)
     body = _body("edge-v", 1)

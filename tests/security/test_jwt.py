@@ -12,11 +12,8 @@ nothing.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +23,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from contract.signing import b64url
 from edge.config import HttpKeySettings
 from hub.auth import DEVICE_AUDIENCE, TokenAuthority
-from tests.test_edge_http_support import http_edge, http_settings
+from tests.test_edge_http_support import claims as good_claims
+from tests.test_edge_http_support import http_edge, http_settings, raw_token
 from tests.test_edge_support import stored
 
 from .conftest import ATTACKER, VICTIM, ApiWorld, AttackRecorder
@@ -36,39 +35,18 @@ from .conftest import ATTACKER, VICTIM, ApiWorld, AttackRecorder
 URL = "/api/v1/devices"
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _hand_made(header: dict[str, Any], claims: dict[str, Any], secret: bytes | None) -> str:
-    """A JWT made by hand: HS256 with ``secret``, or unsigned (``None``)."""
-    head = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
-    if secret is None:
-        return head + "."
-    return f"{head}.{_b64(hmac.new(secret, head.encode(), hashlib.sha256).digest())}"
-
-
 def _ed_by_hand(header: dict[str, Any], claims: dict[str, Any], key: Ed25519PrivateKey) -> str:
     """An EdDSA JWT with any header at all (PyJWT refuses to write some of them)."""
-    head = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
-    return f"{head}.{_b64(key.sign(head.encode()))}"
+    head = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+    return f"{head}.{b64url(key.sign(head.encode()))}"
 
 
 def _claims(auth: TokenAuthority, audience: str, **over: Any) -> dict[str, Any]:
-    now = int(time.time())
-    doc: dict[str, Any] = {
-        "iss": auth.issuer,
-        "aud": audience,
-        "sub": "dev-1" if audience == DEVICE_AUDIENCE else "admin@acme",
-        "tenant": VICTIM,
-        "role": "admin",
-        "iat": now,
-        "nbf": now,
-        "exp": now + 600,
-        "jti": uuid.uuid4().hex,
-    }
-    doc.update(over)
-    return {k: v for k, v in doc.items() if v is not None}
+    """Good claims of the victim tenant's admin (or device) for ``audience``, changed by
+    ``over`` (a value of ``None`` removes the claim)."""
+    sub = "dev-1" if audience == DEVICE_AUDIENCE else "admin@acme"
+    base = {"iss": auth.issuer, "aud": audience, "tenant": VICTIM, "role": "admin"}
+    return good_claims(sub, **{**base, **over})
 
 
 def _signed(auth: TokenAuthority, claims: dict[str, Any], kid: Any = "") -> str:
@@ -82,7 +60,7 @@ def _tamper(token: str, **over: Any) -> str:
     head, payload, sig = token.split(".")
     doc = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     doc.update(over)
-    return f"{head}.{_b64(json.dumps(doc).encode())}.{sig}"
+    return f"{head}.{b64url(json.dumps(doc).encode())}.{sig}"
 
 
 def forgeries(auth: TokenAuthority, audience: str) -> dict[str, str]:
@@ -97,13 +75,13 @@ def forgeries(auth: TokenAuthority, audience: str) -> dict[str, str]:
     jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(mallory.public_key()))
     kid = auth.kid
     return {
-        "alg none": _hand_made({"alg": "none", "typ": "JWT", "kid": kid}, good, None),
-        "alg None": _hand_made({"alg": "None", "kid": kid}, good, None),
-        "alg none with the real signature": _hand_made({"alg": "none", "kid": kid}, good, None)
+        "alg none": raw_token({"alg": "none", "typ": "JWT", "kid": kid}, good, None),
+        "alg None": raw_token({"alg": "None", "kid": kid}, good, None),
+        "alg none with the real signature": raw_token({"alg": "none", "kid": kid}, good, None)
         + _signed(auth, good).split(".")[2],
-        "HS256 with the public key PEM": _hand_made({"alg": "HS256", "kid": kid}, good, pem),
-        "HS256 with the raw public key": _hand_made({"alg": "HS256", "kid": kid}, good, raw_pub),
-        "HS512 with the public key PEM": _hand_made({"alg": "HS512", "kid": kid}, good, pem),
+        "HS256 with the public key PEM": raw_token({"alg": "HS256", "kid": kid}, good, pem),
+        "HS256 with the raw public key": raw_token({"alg": "HS256", "kid": kid}, good, raw_pub),
+        "HS512 with the public key PEM": raw_token({"alg": "HS512", "kid": kid}, good, pem),
         "RS256 by an attacker's RSA key": jwt.encode(
             good, rsa_key, algorithm="RS256", headers={"kid": kid}
         ),
