@@ -49,6 +49,7 @@ from contract.names import (
 )
 from contract.nkeyid import nkey_public, nkey_seed
 from contract.signing import load_or_create_key, public_key_bytes
+from hub.config import HubConfig
 from hub.registry import Registry
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "AuthorizationManager",
     "NatsReloader",
     "NatsUser",
+    "authorization_manager",
     "edge_users",
     "hub_nkey_public",
     "hub_nkey_seed",
@@ -370,3 +372,17 @@ class AuthorizationManager:
                     await asyncio.wait_for(self._wake.wait(), wait)
         finally:
             self._loop = None
+
+
+def authorization_manager(config: HubConfig, registry: Registry) -> AuthorizationManager:
+    """The manager ``[nats]`` describes: the file ``authorization_path``, the hub's own user,
+    the server reloaded through ``pid_file`` (none: the file is only written)."""
+    nats = config.nats
+    return AuthorizationManager(
+        registry,
+        config.authorization_path,
+        hub_nkey_public(config.hub.state_dir),
+        reloader=NatsReloader(Path(nats.pid_file) if nats.pid_file else None),
+        login_grace_s=nats.retired_key_login_s,
+        extra_users_file=Path(nats.extra_users_file) if nats.extra_users_file else None,
+    )
