@@ -465,3 +465,45 @@ def test_the_nats_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
     assert config_from_dict(raw, base=tmp_path).authorization_path == Path("/etc/nats/cairn.conf")
     with pytest.raises(ConfigError, match=r"nats\.retired_key_login_s"):
         config_from_dict({"nats": {"retired_key_login_s": -1}}, base=tmp_path)
+
+
+def test_cli_writes_the_file_before_the_server_starts(tmp_path: Path) -> None:
+    """``cairn-hub nats-auth write``: the file a fresh nats-server includes (0600, the hub's
+    user and the registry's edges), unchanged the second time; refused when the hub keeps
+    no authorization; ``--reload`` without a server says why in one line."""
+    from tests.test_hub_cli import hub_cli
+
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\nstate_dir = "state"\n')
+    off = hub_cli("nats-auth", "write", "--config", str(config))
+    assert off.returncode != 0
+    assert "nats.manage_authorization" in off.stderr
+    assert "Traceback" not in off.stderr
+    config.write_text(
+        '[hub]\nstate_dir = "state"\n[nats]\nmanage_authorization = true\npid_file = "nats.pid"\n'
+    )
+    registry = Registry(tmp_path / "state" / "registry.sqlite3")
+    edge = generate_key()
+    registry.register(T1, "a", public_key_bytes(edge))
+    registry.close()
+    done = hub_cli("nats-auth", "write", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "state" / "nats-authorization.conf"
+    assert done.stdout.splitlines()[0] == f"wrote {path} (1 edge users)"
+    hub_key = hub_nkey_public(tmp_path / "state")
+    assert done.stdout.splitlines()[1].split() == ["hub-nkey", hub_key]
+    assert path.stat().st_mode & 0o777 == 0o600
+    text = path.read_text()
+    assert hub_key in text
+    assert nkey_public(public_key_bytes(edge)) in text
+    again = hub_cli("nats-auth", "write", "--config", str(config))
+    assert again.stdout.startswith(f"unchanged {path}")
+    shown = hub_cli("nats-auth", "show", "--config", str(config))
+    assert shown.stdout.split() == ["authorization-file", str(path), "hub-nkey", hub_key]
+    path.unlink()
+    reload = hub_cli("nats-auth", "write", "--reload", "--config", str(config))
+    assert reload.returncode != 0
+    assert "nats.pid_file" in reload.stderr
+    assert "does not exist" in reload.stderr
+    assert "Traceback" not in reload.stderr
+    assert path.exists()  # written all the same
