@@ -141,7 +141,7 @@ class _Client:
         return [e for e in self.errors if f"permissions violation for {what}" in e]
 
 
-async def _refused(url: str, identity: NatsIdentity | None) -> bool:
+async def login_refused(url: str, identity: NatsIdentity | None) -> bool:
     """Whether the server refuses a fresh login with ``identity`` (``False``: it admits it).
     A login cut short by a reload of the server is tried again."""
     for _attempt in range(5):
@@ -253,9 +253,9 @@ async def test_an_edge_may_publish_and_subscribe_only_on_its_own_subjects(world:
 
 async def test_unknown_keys_and_anonymous_logins_are_refused(world: _World) -> None:
     stranger = NatsIdentity(nkey_seed=nkey_seed(generate_key()), inbox_prefix="_INBOX.x")
-    assert await _refused(world.server.url, stranger)
-    assert await _refused(world.server.url, None)
-    assert not await _refused(world.server.url, world.identity(T1, "a"))
+    assert await login_refused(world.server.url, stranger)
+    assert await login_refused(world.server.url, None)
+    assert not await login_refused(world.server.url, world.identity(T1, "a"))
 
 
 async def test_the_hub_user_can_do_what_ingest_status_and_commands_need(
@@ -368,7 +368,7 @@ async def test_revoking_an_edge_cuts_its_connection_within_a_second(world: _Worl
     # Its reconnects are refused, so is a fresh login; the other edge stays connected.
     await until(lambda: any("authorization violation" in e for e in edge.errors), "a refusal")
     assert not enc.is_connected
-    assert await _refused(url, world.identity(T1, "a"))
+    assert await login_refused(url, world.identity(T1, "a"))
     assert other.nc is not None
     assert other.nc.is_connected
     await other.nc.flush(timeout=5)
@@ -381,12 +381,12 @@ async def test_an_edge_added_can_log_in_after_the_reload(world: _World) -> None:
     url = world.server.url
     newcomer = generate_key()
     identity = NatsIdentity(nkey_seed=nkey_seed(newcomer), inbox_prefix=inbox_prefix(T2, "new"))
-    assert await _refused(url, identity)
+    assert await login_refused(url, identity)
     start = time.monotonic()
     world.registry.register(T2, "new", public_key_bytes(newcomer))
 
     async def admitted() -> bool:
-        return not await _refused(url, identity)
+        return not await login_refused(url, identity)
 
     await until(admitted, "the new edge admitted", 10)
     print(f"new edge admitted after {time.monotonic() - start:.3f} s")
@@ -404,11 +404,11 @@ async def test_a_rotated_key_logs_in_until_its_grace_ends(world: _World) -> None
     old_identity = world.identity(T1, "a")
 
     async def admitted() -> bool:
-        return not await _refused(url, new_identity)
+        return not await login_refused(url, new_identity)
 
     await until(admitted, "the new key admitted", 10)
-    assert not await _refused(url, old_identity)  # within the grace
-    await until(lambda: _refused(url, old_identity), "the old key refused after its grace", 10)
+    assert not await login_refused(url, old_identity)  # within the grace
+    await until(lambda: login_refused(url, old_identity), "the old key refused after its grace", 10)
     await until(admitted, "the new key still admitted", 10)  # (a login during a reload is cut)
 
 
@@ -432,7 +432,7 @@ async def test_a_reload_that_fails_is_counted_and_tried_again(tmp_path: Path) ->
         reloader.pid_file = server.pid_file
         key = generate_key()
         identity = NatsIdentity(nkey_seed=nkey_seed(key), inbox_prefix=inbox_prefix(T1, "z"))
-        assert await _refused(server.url, identity)
+        assert await login_refused(server.url, identity)
         registry.register(T1, "z", public_key_bytes(key))
         assert manager.sync()
         assert reloader.reloads == 1
@@ -440,7 +440,7 @@ async def test_a_reload_that_fails_is_counted_and_tried_again(tmp_path: Path) ->
         assert manager.writes == 2
 
         async def admitted() -> bool:
-            return not await _refused(server.url, identity)
+            return not await login_refused(server.url, identity)
 
         await until(admitted, "the edge admitted after the reload", 10)
         assert not manager.sync()

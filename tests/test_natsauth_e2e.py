@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import nats
-import nats.errors
 import pytest
 
 from contract.names import inbox_prefix
@@ -28,6 +26,7 @@ from simulator.lab import Lab, LabSettings
 from simulator.send import send_fleet
 from tests.e2e_helpers import assert_exactly, hub_count, stored_readings
 from tests.polling import until
+from tests.test_natsauth import login_refused
 
 pytestmark = pytest.mark.slow
 
@@ -35,25 +34,6 @@ TENANT, EDGE = "t1", "edge-auth"
 CUT_WITHIN_S = 5.0
 """How soon after ``cairn-hub edges revoke`` returns the edge must be cut off (issue 5:
 "within seconds"); measured here typically well under a second."""
-
-
-async def _login_refused(url: str, identity: NatsIdentity) -> bool:
-    """Whether a fresh login as ``identity`` is refused (``False``: admitted). A login cut
-    short by a reload of the server is tried again."""
-    for _attempt in range(5):
-        try:
-            nc = await nats.connect(
-                url, allow_reconnect=False, connect_timeout=5, **identity.options()
-            )
-        except nats.errors.Error as exc:
-            if "authorization violation" in str(exc).lower():
-                return True
-            raise
-        except ConnectionResetError:
-            continue
-        await nc.close()
-        return False
-    raise AssertionError("every login was cut short")
 
 
 def _refusals(lab: Lab, nkey: str) -> int:
@@ -75,8 +55,8 @@ async def test_a_revoked_edge_is_cut_off_within_seconds(tmp_path: Path) -> None:
         edge_identity = NatsIdentity(
             ca_file=ca, nkey_seed=nkey_seed(edge_key), inbox_prefix=inbox_prefix(TENANT, EDGE)
         )
-        assert await _login_refused(lab.nats.url, NatsIdentity(ca_file=ca))  # anonymous
-        assert not await _login_refused(lab.nats.url, edge_identity)
+        assert await login_refused(lab.nats.url, NatsIdentity(ca_file=ca))  # anonymous
+        assert not await login_refused(lab.nats.url, edge_identity)
 
         fleet = Fleet(FleetSpec(seed=11, devices=4, sensors=2, rate_hz=1.0))
         ledger = await send_fleet(fleet, lab.mosquitto.url, instants=range(20), paced=False)
@@ -113,7 +93,7 @@ async def test_a_revoked_edge_is_cut_off_within_seconds(tmp_path: Path) -> None:
             f"{refused_s:.2f} s later"
         )
         assert cli_s + cut_s < CUT_WITHIN_S
-        assert await _login_refused(lab.nats.url, edge_identity)
+        assert await login_refused(lab.nats.url, edge_identity)
         assert lab.hub_stats()["nats_authorization"]["nats_authorization_edge_users"] == 0
 
         # What the edge takes in now stays in its buffer: the hub stores none of it.
