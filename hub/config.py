@@ -90,7 +90,8 @@ class NatsSettings:
     command subject and inboxes) and the hub's own user, written to ``authorization_file``
     and reloaded (SIGHUP to the process in ``pid_file``) whenever an edge is added, rotated
     or revoked. The server's config must ``include`` that file (by a path relative to the
-    server's config file)."""
+    server's config file); ``cairn-hub nats-auth write`` writes it before the server's first
+    start."""
     authorization_file: str = ""
     """Where the authorization is written (mode 0600); ``""``:
     ``state_dir/nats-authorization.conf``."""
