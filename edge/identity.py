@@ -22,8 +22,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contract.errors import ConfigError
+from contract.fileio import write_atomic
 from contract.names import TOKEN_RE, inbox_prefix
 from contract.natsconn import NatsIdentity
 from contract.nkeyid import nkey_public, nkey_seed
@@ -84,27 +83,6 @@ class Enrollment:
     @property
     def token_key_file(self) -> Path:
         return self.data_dir / TOKEN_KEY_FILE
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``path`` so a reader sees the old or the new content, never a part (fsynced)."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def read_enrollment(data_dir: Path) -> Enrollment | None:

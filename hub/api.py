@@ -24,6 +24,7 @@ from hub.apibase import (
     CA_PEM,
     INGEST,
     MAX_BODY_BYTES,
+    NATS_AUTHORIZATION,
     REGISTRY,
     STATUS,
     STORE,
@@ -245,13 +246,15 @@ async def _edges(request: web.Request) -> web.Response:
 async def _stats(request: web.Request) -> web.Response:
     tenant = claims(request).tenant
     stats = await asyncio.to_thread(request.app[STORE].stats, tenant)
-    return web.json_response(
-        {
-            **stats,
-            "ingest": request.app[INGEST].as_dict(),
-            "status": request.app[STATUS].as_dict(),
-        }
-    )
+    body = {
+        **stats,
+        "ingest": request.app[INGEST].as_dict(),
+        "status": request.app[STATUS].as_dict(),
+    }
+    manager = request.app.get(NATS_AUTHORIZATION)
+    if manager is not None:  # [nats] manage_authorization
+        body["nats_authorization"] = manager.as_dict()
+    return web.json_response(body)
 
 
 async def _openapi(_request: web.Request) -> web.Response:

@@ -22,6 +22,7 @@ from aiohttp import web
 from contract.errors import AuthError
 from hub.auth import PLATFORM_ADMIN, ROLE_RANK, Claims, TokenAuthority
 from hub.ingest import IngestStats
+from hub.natsauth import AuthorizationManager
 from hub.registry import Registry, RegistryError
 from hub.status import StatusListener
 from hub.store import Store
@@ -33,6 +34,7 @@ __all__ = [
     "CLAIMS",
     "INGEST",
     "MAX_BODY_BYTES",
+    "NATS_AUTHORIZATION",
     "PLATFORM_ADMIN",
     "REGISTRY",
     "STATUS",
@@ -56,6 +58,8 @@ AUTH: Final = web.AppKey("auth", TokenAuthority)
 REGISTRY: Final = web.AppKey("registry", Registry)
 INGEST: Final = web.AppKey("ingest", IngestStats)
 STATUS: Final = web.AppKey("status", StatusListener)
+NATS_AUTHORIZATION: Final = web.AppKey("nats_authorization", AuthorizationManager)
+"""The manager of the NATS authorization when ``[nats] manage_authorization`` is on."""
 CLAIMS: Final = web.RequestKey("claims", Claims)
 CA_PEM: Final = web.AppKey("ca_pem", bytes)
 """The hub CA certificate (PEM) when the hub runs with TLS; absent otherwise."""

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from contract.cli import add_config_option, add_log_level, run_command, setup_logging
-from hub import cli_admin, edges_cli, pki_cli
+from hub import cli_admin, edges_cli, natsauth_cli, pki_cli
 from hub.auth import ROLES, TokenAuthority
 from hub.config import load_config
 from hub.service import authority, run_hub
@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     tenants_list = tenants_sub.add_parser("list", help="list tenants")
     add_config_option(tenants_list, "hub", log_level=False)
     pki_cli.add_parsers(sub)
+    natsauth_cli.add_parsers(sub)
     cli_admin.add_parsers(sub, token_sub, tenants_sub)  # tenants, api-keys, token revoke
     return parser
 
@@ -80,8 +81,9 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "token":
         print(_token(authority(config), args))
         return 0
-    if args.command == "pki":
-        return pki_cli.command(config, args)
+    own = {"pki": pki_cli.command, "nats-auth": natsauth_cli.command}.get(args.command)
+    if own is not None:
+        return own(config, args)
     if args.command in {"edges", "enroll-token"}:
         return edges_cli.command(config, args)
     store = SqliteStore(config.hub.store_path, readonly=True)

@@ -7,16 +7,17 @@ against the folder of the config file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from contract.errors import ConfigError
 from contract.settings import bounded, read_toml, section, split_host_port, table
 
 __all__ = [
+    "AUTHORIZATION_FILE",
     "ApiSettings",
     "AuthSettings",
     "HubConfig",
@@ -27,6 +28,10 @@ __all__ = [
     "TlsSettings",
     "load_config",
 ]
+
+
+AUTHORIZATION_FILE: Final = "nats-authorization.conf"
+"""The default name of the NATS authorization the hub writes, in ``state_dir``."""
 
 
 class Synchronous(StrEnum):
@@ -79,6 +84,26 @@ class NatsSettings:
     public_url: str = ""
     """NATS URL the edges are given when they enroll (how they reach the server, e.g.
     ``tls://hub.example.org:4222``); ``""``: the same as ``url``."""
+    manage_authorization: bool = False
+    """Maintain the NATS server's authorization: one nkey user per enrolled, unrevoked edge
+    (publish only its telemetry and status subjects and clock requests, subscribe only its
+    command subject and inboxes) and the hub's own user, written to ``authorization_file``
+    and reloaded (SIGHUP to the process in ``pid_file``) whenever an edge is added, rotated
+    or revoked. The server's config must ``include`` that file (by a path relative to the
+    server's config file); ``cairn-hub nats-auth write`` writes it before the server's first
+    start."""
+    authorization_file: str = ""
+    """Where the authorization is written (mode 0600); ``""``:
+    ``state_dir/nats-authorization.conf``."""
+    pid_file: str = ""
+    """The nats-server's ``pid_file``: the hub sends that process SIGHUP after writing the
+    authorization. ``""``: write the file only (reload the server some other way)."""
+    extra_users_file: str = ""
+    """A file of further nats-server ``users`` entries (``{ nkey: ..., permissions: ... }``,
+    for tools or monitoring) copied into the authorization as they are; ``""``: none."""
+    retired_key_login_s: float = bounded(600.0, lo=0, hi=366 * 86400)
+    """After an edge rotates its key, the old key may still log in to NATS for this long, so
+    a running edge has time to reconnect with the new one, seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +201,17 @@ class HubConfig:
     def api_host_port(self) -> tuple[str, int]:
         return split_host_port(self.api.listen)
 
+    @property
+    def authorization_path(self) -> Path:
+        """Where the hub writes the NATS server's authorization (``nats.authorization_file``)."""
+        if self.nats.authorization_file:
+            return Path(self.nats.authorization_file)
+        return self.hub.state_dir / AUTHORIZATION_FILE
+
+
+_NATS_PATHS: Final = ("authorization_file", "pid_file", "extra_users_file")
+"""``[nats]`` paths kept as strings (``""`` means none): resolved against the config folder."""
+
 
 def load_config(path: Path | str) -> HubConfig:
     """Read and check the TOML file at ``path``; raises :class:`ConfigError` naming the key."""
@@ -197,6 +233,15 @@ def config_from_dict(raw: dict[str, Any], base: Path, path: Path | None = None) 
         if key not in kinds:
             raise ConfigError(key, f"unknown section (known: {', '.join(kinds)})")
     parts: dict[str, Any] = {k: section(cls, table(raw, k), k, base) for k, cls in kinds.items()}
+    nats = parts["nats"]
+    parts["nats"] = replace(
+        nats,
+        **{
+            name: str(base / Path(value).expanduser())
+            for name in _NATS_PATHS
+            if (value := getattr(nats, name))
+        },
+    )
     config = HubConfig(**parts, path=path)
     url = urlsplit(config.nats.url)
     if url.scheme not in {"nats", "tls"} or not url.hostname:

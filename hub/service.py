@@ -12,10 +12,12 @@ from contract.errors import ConfigError
 from hub import api_admin
 from hub.api import make_app
 from hub.api_identity import NATS_URL
+from hub.apibase import NATS_AUTHORIZATION
 from hub.auth import TokenAuthority
 from hub.config import HubConfig
 from hub.devrevocations import DeviceRevocationPublisher
 from hub.ingest import Ingestor
+from hub.natsauth import authorization_manager
 from hub.natsid import hub_nats_identity
 from hub.pki import api_tls
 from hub.registry import Registry
@@ -85,6 +87,12 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
     )
     app[NATS_URL] = config.nats.public_url or config.nats.url  # told to edges at enrollment
     api_admin.configure(app, config.auth.api_key_token_ttl_s)
+    nats_authorization = None
+    if config.nats.manage_authorization:
+        # Its first sync reloads the server only if the registry changed since the file was
+        # written (`cairn-hub nats-auth write` before the server's start).
+        nats_authorization = authorization_manager(config, registry)
+        app[NATS_AUTHORIZATION] = nats_authorization
     runner = web.AppRunner(app, access_log=None)
     revocations = DeviceRevocationPublisher(
         config.nats.url,
@@ -115,6 +123,8 @@ async def run_hub(config: HubConfig, *, stop: asyncio.Event | None = None) -> No
                 tg.create_task(ingestor.run(), name="hub-ingest")
                 tg.create_task(listener.run(), name="hub-status")
                 tg.create_task(revocations.run(), name="hub-device-revocations")
+                if nats_authorization is not None:
+                    tg.create_task(nats_authorization.run(), name="hub-nats-authorization")
                 tg.create_task(_stopped(stop), name="hub-stop")
         except* _Stopped:
             pass

@@ -76,7 +76,7 @@ async def _run(args: argparse.Namespace) -> int:
         )
         dev, sensor = fleet.device_ids[0], fleet.sensor_keys[0]
         print(f"  MQTT broker   {lab.mosquitto.url}")
-        print(f"  NATS server   {lab.nats.url}")
+        print(f"  NATS server   {lab.nats.url} (the hub keeps its users: {lab.authorization_file})")
         print(f"  hub API       {lab.api_url}")
         print(f"  hub CA        {lab.ca_file} (TLS on NATS and the hub API)")
         print(f"  edge status   http://127.0.0.1:{lab.admin_port}/api/v1/status")

@@ -28,10 +28,12 @@ from typing import Any, Self
 from aiohttp import web
 
 from contract.natsconn import NatsIdentity
+from contract.nkeyid import nkey_public, nkey_seed
 from contract.signing import load_or_create_key, public_key_bytes
 from hub.api import make_app
 from hub.api_identity import NATS_URL
-from hub.config import load_config
+from hub.config import AUTHORIZATION_FILE, load_config
+from hub.natsauth import authorization_manager
 from hub.pki import api_tls, ensure_pki, site_tls_files
 from hub.registry import Registry
 from hub.service import authority, open_registry
@@ -72,6 +74,11 @@ class LabSettings:
     """Mosquitto listens with TLS (``mqtts://``, a site CA of its own under
     ``root/mosquitto/tls``): the edge's MQTT source and senders given
     :attr:`Lab.mqtt_tls_context` verify it."""
+    nats_authorization: bool = True
+    """The hub keeps the NATS server's authorization (``[nats] manage_authorization``): the
+    edge logs in with its key and may speak only for itself, anonymous logins are refused.
+    Tests and tools log in as the lab's observer (:attr:`Lab.nats_identity`), a user with
+    every right listed in ``[nats] extra_users_file``."""
 
 
 class ManagedProcess:
@@ -227,7 +234,18 @@ class Lab:
         """The hub's CA (made by :meth:`start`), which the edge, NATS clients and API clients
         trust when ``settings.tls`` is on."""
         tls = (self.ca_file, pki / "nats.pem", pki / "nats.key") if self.settings.tls else None
-        self.nats = NatsServer(root / "nats", tls=tls)
+        self.authorization_file = root / "hub" / "state" / AUTHORIZATION_FILE
+        """The NATS authorization the hub writes and the server includes (when
+        ``settings.nats_authorization`` is on)."""
+        self.nats = NatsServer(
+            root / "nats",
+            tls=tls,
+            authorization_include=(
+                self.authorization_file if self.settings.nats_authorization else None
+            ),
+        )
+        self._observer_key = root / "lab-observer.pem"
+        self._observer_users = root / "lab-observer-users.conf"
         self.api_port = free_port()
         self.admin_port = free_port()
         (root / "hub").mkdir(exist_ok=True)
@@ -260,7 +278,7 @@ class Lab:
             "[hub]\n"
             'state_dir = "state"\n'
             "[nats]\n"
-            f'url = "{self.nats.url}"\n'
+            f'url = "{self.nats.url}"\n' + self._nats_authorization_toml() + ""
             "[api]\n"
             f'listen = "127.0.0.1:{self.api_port}"\n'
             "[tls]\n"
@@ -291,10 +309,21 @@ class Lab:
             f"topics = [\n  {topics},\n]\n" + s.extra_edge_toml
         )
 
+    def _nats_authorization_toml(self) -> str:
+        if not self.settings.nats_authorization:
+            return ""
+        return (
+            "manage_authorization = true\n"
+            f'authorization_file = "{self.authorization_file}"\n'
+            f'pid_file = "{self.nats.pid_file}"\n'
+            f'extra_users_file = "{self._observer_users}"\n'
+        )
+
     # --------------------------------------------------------------- lifecycle
     def start(self, *, edge: bool = True, hub: bool = True) -> Self:
         self.mosquitto.start()
         self.prepare_pki()
+        self.prepare_nats_authorization()
         self.nats.start()
         self._write_configs()
         if hub:
@@ -309,6 +338,32 @@ class Lab:
         if self.settings.tls:
             self._write_configs()
             ensure_pki(load_config(self.hub.config))
+
+    def prepare_nats_authorization(self) -> None:
+        """The authorization file, written before NATS starts (as a deployer does with
+        ``cairn-hub nats-auth write``): the server refuses to start without the file it
+        includes. The lab's observer (every right) is its extra user."""
+        if not self.settings.nats_authorization:
+            return
+        observer = nkey_public(public_key_bytes(load_or_create_key(self._observer_key)))
+        self._observer_users.write_text(f'{{ nkey: "{observer}" }}  # the lab\'s observer\n')
+        self._write_configs()
+        self.sync_nats_authorization(reload=False)
+
+    def sync_nats_authorization(self, *, reload: bool = True) -> None:
+        """Bring the authorization file up to date with the registry and (``reload``, if the
+        file changed and NATS runs) make the server reload it: what the running hub does by
+        itself, for when the hub does not run."""
+        if not self.settings.nats_authorization:
+            return
+        config = load_config(self.hub.config)
+        config.hub.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        registry = open_registry(config)
+        try:
+            running = self.nats.proc is not None and self.nats.proc.poll() is None
+            authorization_manager(config, registry).sync(reload=reload and running)
+        finally:
+            registry.close()
 
     def start_hub(self, timeout: float = 30.0) -> None:
         self.hub.start()
@@ -338,6 +393,8 @@ class Lab:
                 registry.close()
             trust = ["--ca", str(self.ca_file)] if self.settings.tls else []
             self._edge_cli("enroll", "--hub", self.hub_url, "--token", token, "--force", *trust)
+        if not self.hub.running:  # a running hub's own manager admits the edge
+            self.sync_nats_authorization()
 
     def rotate_edge_key(self) -> str:
         """``cairn-edge rotate-key`` (the hub must be running); the new key's fingerprint."""
@@ -434,7 +491,12 @@ class Lab:
     def nats_identity(self) -> NatsIdentity:
         """How a test or tool connects to the lab's NATS as a trusted client:
         ``nats.connect(lab.nats.url, **lab.nats_identity.options())``."""
-        return NatsIdentity(ca_file=str(self.ca_file) if self.settings.tls else None)
+        ca_file = str(self.ca_file) if self.settings.tls else None
+        if not self.settings.nats_authorization:
+            return NatsIdentity(ca_file=ca_file)
+        return NatsIdentity(
+            ca_file=ca_file, nkey_seed=nkey_seed(load_or_create_key(self._observer_key))
+        )
 
     def token(self, role: str = "operator") -> str:
         """A hub API token for the lab's tenant, minted with ``cairn-hub token create``."""

@@ -7,6 +7,7 @@ clients reconnect to it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -195,11 +196,16 @@ class NatsServer(_Server):
         sync_interval: str = "always",
         *,
         tls: tuple[Path, Path, Path] | None = None,
+        authorization_include: Path | None = None,
     ) -> None:
         """``tls`` = (CA file, server certificate, server key) makes the server require TLS
-        (clients then connect to :attr:`url`, ``tls://``, trusting that CA)."""
+        (clients then connect to :attr:`url`, ``tls://``, trusting that CA).
+        ``authorization_include``: a file with the server's ``authorization`` block (the
+        hub writes one: :mod:`hub.natsauth`), included by the config and re-read on
+        :meth:`reload`."""
         self.tls = tls
         self.folder = folder
+        self.authorization_include = authorization_include
         folder.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.extra_config = extra_config
@@ -209,17 +215,31 @@ class NatsServer(_Server):
         self.conf = folder / "nats.conf"
         self.log = folder / "nats.log"
         self.store = folder / "jetstream"
+        self.pid_file = folder / "nats.pid"
+        """nats-server writes its pid here (what the hub signals to reload the authorization)."""
 
     @property
     def url(self) -> str:
         return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> Self:
-        self.conf.write_text(
+    def _config(self) -> str:
+        text = (
             f'host: "127.0.0.1"\nport: {self.port}\nlog_file: "{self.log}"\n'
+            f'pid_file: "{self.pid_file}"\n'
             f'jetstream {{ store_dir: "{self.store}", sync_interval: {self.sync_interval} }}\n'
             f"{self.extra_config}\n{self._tls_block()}"
         )
+        if self.authorization_include is not None:
+            # nats-server resolves `include` against the config file's folder, even an
+            # absolute path: name the file relative to it.
+            relative = os.path.relpath(
+                self.authorization_include.absolute(), self.folder.absolute()
+            )
+            text += f"include {json.dumps(relative)}\n"
+        return text
+
+    def start(self, timeout: float = 15.0) -> Self:
+        self.conf.write_text(self._config())
         offset = self.log.stat().st_size if self.log.exists() else 0
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-c", str(self.conf)],
@@ -250,3 +270,9 @@ class NatsServer(_Server):
     def restart(self) -> Self:
         self.stop()
         return self.start()
+
+    def reload(self) -> None:
+        """SIGHUP: the server re-reads its config (the authorization include among it)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError("nats-server is not running")
+        self.proc.send_signal(signal.SIGHUP)

@@ -426,12 +426,17 @@ async def test_ca_pin_over_https(tmp_path: Path) -> None:
 @pytest.mark.slow
 async def test_revoked_edge_batches_are_refused(tmp_path: Path) -> None:
     """A real hub, NATS, Mosquitto and edge (enrolled with ``cairn-edge enroll``): after
-    ``cairn-hub edges revoke`` the edge's batches are quarantined as ``revoked-edge``."""
+    ``cairn-hub edges revoke`` the edge's batches are quarantined as ``revoked-edge``.
+
+    The NATS authorization is off here (as for an operator who keeps the server's
+    authorization himself): the hub's own check stands behind it. With it on, the server
+    cuts the edge off first (tests/test_natsauth_e2e.py)."""
     from simulator.fleet import Fleet, FleetSpec
     from simulator.send import send_fleet
     from tests.e2e_helpers import hub_count
 
-    with Lab(tmp_path / "lab", LabSettings(tenant="t1", edge_id="edge-r")) as lab:
+    settings = LabSettings(tenant="t1", edge_id="edge-r", nats_authorization=False)
+    with Lab(tmp_path / "lab", settings) as lab:
         lab.start()
         enrolled = json.loads((lab.root / "edge" / "state" / "enrollment.json").read_text())
         assert (enrolled["edge"], enrolled["tenant"]) == ("edge-r", "t1")

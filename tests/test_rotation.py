@@ -5,7 +5,8 @@ Mosquitto, nats-server, hub and edge run as in production (the edge enrolled wit
 ``cairn-edge enroll``). NATS is stopped, the simulator's readings pile up in the edge buffer,
 ``cairn-edge rotate-key`` replaces the key while the edge runs, NATS comes back: every reading
 the simulator had acknowledged reaches the hub exactly once (batches are signed at publish
-time, with the key of that moment). After ``auth.retired_key_grace_s`` a batch signed with the
+time, with the key of that moment; the NATS server, whose authorization the hub rewrote at the
+rotation, admits the edge's new key). After ``auth.retired_key_grace_s`` a batch signed with the
 old key is refused as ``bad-signature`` and nothing of it is stored.
 """
 
@@ -131,7 +132,8 @@ def _authorize_only(public_key: bytes) -> str:
 
 
 async def test_a_connected_edge_logs_in_with_its_rotated_key(tmp_path: Path) -> None:
-    """The NATS server admits only the active key (as the hub's authorization will): after a
+    """The NATS server admits only the active key (as :mod:`hub.natsauth` does once a retired
+    key's login grace is over): after a
     rotation the open connection's next login uses the new key, and the old one is refused."""
     data = tmp_path / "edge"
     data.mkdir()
