@@ -22,11 +22,20 @@ from typing import Self
 __all__ = ["Mosquitto", "NatsServer", "free_port", "nats_server_binary", "wait_for_port"]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago, and never one this process handed
+    out before: the kernel may offer a port again as soon as the probe closes, and two parts
+    of one lab (a broker, an admin API) that are given the same port do not both start."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for_port(

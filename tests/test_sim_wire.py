@@ -243,3 +243,10 @@ async def test_a_closed_publisher_refuses_to_publish_or_reconnect(
     with pytest.raises(MqttError, match="connects once"):
         await pub.connect()
     await pub.close()  # closing twice is fine
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    """Two parts of one lab given the same port would not both start (a broker and an admin
+    API once were): the kernel may offer a just-closed probe's port again."""
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
