@@ -4,6 +4,7 @@ reconnecting for ever once connected."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import ssl
@@ -11,7 +12,6 @@ from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import nats
 from nats.aio.client import Client as NatsClient
 
 from contract.backoff import Backoff
@@ -21,6 +21,8 @@ __all__ = ["NatsIdentity", "connect_nats"]
 _log = logging.getLogger(__name__)
 
 _RECONNECT_WAIT_S: Final = 0.5
+_TIMING: Final[dict[str, Any]] = {"reconnect_time_wait": _RECONNECT_WAIT_S}
+"""A float, which nats-py's signature types as int (it sleeps for it)."""
 _CONNECT_TIMEOUT_S: Final = 5
 
 
@@ -39,11 +41,19 @@ class NatsIdentity:
     user: str | None = None
     password: str | None = None
 
-    def options(self) -> dict[str, Any]:
-        """The ``nats.connect`` keyword arguments for this identity."""
+    def options(self, url: str = "") -> dict[str, Any]:
+        """The ``nats.connect`` keyword arguments for this identity towards ``url``.
+
+        With a CA the TLS handshake comes first, before the server says anything (nats-py's
+        ``tls_handshake_first``; the server's ``tls { handshake_first: true }``): left to the
+        server's INFO, nats-py upgrades only when asked, so something in the path that does
+        not ask, on any reconnect, would get the login in plain text. WebSocket URLs carry
+        TLS by their scheme (``wss://``) instead."""
         opts: dict[str, Any] = {}
         if self.ca_file:
             opts["tls"] = ssl.create_default_context(cafile=self.ca_file)
+            if urlsplit(url).scheme not in {"ws", "wss"}:
+                opts["tls_handshake_first"] = True
         if self.nkey_seed:
             opts["nkeys_seed_str"] = self.nkey_seed.decode()
         if self.inbox_prefix:
@@ -75,39 +85,63 @@ async def connect_nats(
 ) -> NatsClient:
     """Connect to ``url``, retrying after ``backoff`` delays until it works.
 
-    ``max_reconnect_attempts=1`` makes a first connect to a server that is down fail (after two
-    tries) instead of looping inside nats-py at its fixed pace; once connected, reconnects are
+    The first connect is one try (``allow_reconnect=False``), so a server that is down fails
+    at once instead of looping inside nats-py at its fixed pace; once connected, reconnects are
     unlimited. ``on_failure`` gets a one-line description of each failed attempt;
-    ``identity`` adds TLS (a connection left unencrypted although ``identity`` has a CA is
-    closed and counts as a failed attempt), an nkey login and an inbox prefix; ``callbacks``
-    (``error_cb``, ``disconnected_cb``...) go to ``nats.connect``.
+    ``identity`` adds TLS (handshake first; a connection left unencrypted although
+    ``identity`` has a CA is closed and counts as a failed attempt), an nkey login and an
+    inbox prefix; ``callbacks`` (``error_cb``, ``disconnected_cb``...) go to ``nats.connect``.
     """
     while True:
+        nc = NatsClient()
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 url,
                 name=name,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=_RECONNECT_WAIT_S,
+                allow_reconnect=False,
                 connect_timeout=_CONNECT_TIMEOUT_S,
-                **(identity.options() if identity else {}),
+                **_TIMING,
+                **(identity.options(url) if identity else {}),
                 **callbacks,
             )
+            await _refuse_plain_text(url, nc, identity)
         except Exception as exc:
+            _drop(nc)
             delay = backoff.next()
-            problem = f"connect {url}: {exc or type(exc).__name__}"
+            problem = f"connect {url}: {_describe(exc)}"
             on_failure(problem)
-            _log.warning("cannot connect to NATS at %s (%s); retrying in %.2f s", url, exc, delay)
+            _log.warning(
+                "cannot connect to NATS at %s (%s); retrying in %.2f s", url, problem, delay
+            )
             await asyncio.sleep(delay)
             continue
-        if identity is not None and identity.ca_file and not _tls_in_use(url, nc):
-            await nc.close()
-            problem = f"connect {url}: the server does not use TLS (a CA is configured)"
-            on_failure(problem)
-            delay = backoff.next()
-            _log.warning("refusing NATS at %s: %s; retrying in %.2f s", url, problem, delay)
-            await asyncio.sleep(delay)
-            continue
+        nc.options["allow_reconnect"] = True  # read by nats-py at each disconnect
         nc.options["max_reconnect_attempts"] = -1
         backoff.reset()
         return nc
+
+
+class _PlainTextError(Exception):
+    pass
+
+
+async def _refuse_plain_text(url: str, nc: NatsClient, identity: NatsIdentity | None) -> None:
+    if identity is not None and identity.ca_file and not _tls_in_use(url, nc):
+        await nc.close()
+        raise _PlainTextError("the server does not use TLS (a CA is configured)")
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc}): not a TLS server, or not one of our CA"
+    return str(exc) or type(exc).__name__
+
+
+def _drop(nc: NatsClient) -> None:
+    """Close the socket of a first connect that failed. nats-py's own cleanup would wait for a
+    stream whose TLS handshake failed to close, which never happens (so the first connect is
+    made with ``allow_reconnect=False``, which skips it, and the socket is closed here)."""
+    transport = getattr(nc, "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.close()

@@ -232,8 +232,8 @@ class _LiveIdentity(NatsIdentity):
 
     keys: KeyHolder | None = None
 
-    def options(self) -> dict[str, Any]:
-        opts = NatsIdentity.options(self)
+    def options(self, url: str = "") -> dict[str, Any]:
+        opts = NatsIdentity.options(self, url)
         if self.keys is not None:
             opts["nkeys_seed_str"] = nkey_seed(self.keys.current()).decode()
         return opts

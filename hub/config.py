@@ -163,8 +163,9 @@ class TlsSettings:
     api: bool = True
     """Serve the REST API over HTTPS (``false``: plain HTTP, for a trusted network only)."""
     nats: bool = True
-    """Connect to NATS over TLS verified against the CA (the NATS server must have
-    ``tls { cert_file, key_file }``, see the deployer guide); ``false``: plain TCP."""
+    """Connect to NATS over TLS verified against the CA, TLS handshake first (the NATS server
+    must have ``tls { cert_file, key_file, handshake_first: true }``, see the deployer guide);
+    ``false``: plain TCP."""
     hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
     """Names and IP addresses the issued server certificates are valid for (what edges and
     API clients put in their URLs). A change re-issues the certificates at the next start."""

@@ -274,7 +274,10 @@ class NatsServer(_Server):
         if self.tls is None:
             return ""
         ca, cert, key = self.tls
-        return f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca}", timeout: 5 }}\n'
+        return (
+            f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca}", timeout: 5,'
+            " handshake_first: true }\n"
+        )
 
     def restart(self) -> Self:
         self.stop()

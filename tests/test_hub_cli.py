@@ -23,6 +23,7 @@ from contract.model import Reading
 from contract.names import (
     telemetry_subject,
 )
+from contract.natsconn import NatsIdentity
 from contract.signing import batch_headers, generate_key, public_key_bytes
 from hub.cli import main
 from hub.config import Synchronous, load_config
@@ -225,7 +226,9 @@ async def test_hub_process_serves_tokens_from_token_create_and_stops_on_sigterm(
         registry.close()
         readings = [Reading("d1", "temp", 1_000_000 + i, float(i)) for i in range(10)]
         body = encode_batch(readings)
-        nc = await nats.connect(nats_server.url, tls=context)
+        nc = await nats.connect(
+            nats_server.url, **NatsIdentity(ca_file=str(pki / "ca.pem")).options()
+        )
         js = nc.jetstream(timeout=10)
         # the hub makes the stream once it is connected
         await until(lambda: stream_exists(js), "the hub to make the stream", 30)
