@@ -40,14 +40,21 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
 
 
+def _count(n: object) -> str:
+    """A count for the status line; ``-`` when the process did not answer (stopping)."""
+    return f"{n:>9,}" if isinstance(n, int) else f"{'-':>9}"
+
+
 def _line(ledger: Ledger, lab: Lab, started: float) -> str:
-    buf = lab.edge_status().get("buffer", {})
+    status = lab.edge_status()
+    buf = status.get("buffer", {})
     stats = lab.hub_stats()
-    committed = buf.get("readings_unsent", 0) + buf.get("readings_sent", 0)
+    unsent = buf.get("readings_unsent")
+    committed = unsent + buf.get("readings_sent", 0) if isinstance(unsent, int) else None
     return (
         f"\r{time.monotonic() - started:7.0f}s  sent by devices {ledger.count:>9,}"
-        f"  | in edge buffer {committed:>9,} ({buf.get('readings_unsent', 0):,} unsent)"
-        f"  | stored at hub {stats.get('readings', 0):>9,}   "
+        f"  | in edge buffer {_count(committed)} ({_count(unsent).strip()} unsent)"
+        f"  | stored at hub {_count(stats.get('readings'))}   "
     )
 
 
