@@ -110,9 +110,7 @@ async def connect_nats(
             delay = backoff.next()
             problem = f"connect {url}: {_describe(exc)}"
             on_failure(problem)
-            _log.warning(
-                "cannot connect to NATS at %s (%s); retrying in %.2f s", url, problem, delay
-            )
+            _log.warning("cannot %s; retrying in %.2f s", problem, delay)
             await asyncio.sleep(delay)
             continue
         nc.options["allow_reconnect"] = True  # read by nats-py at each disconnect
