@@ -64,17 +64,6 @@ class NatsIdentity:
         return opts
 
 
-def _tls_in_use(url: str, nc: NatsClient) -> bool:
-    """Whether the connection is encrypted: nats-py upgrades only when the server's INFO asks
-    for TLS, so a server (or something in between) that does not ask would get plain text.
-    WebSocket URLs are taken at their word (``wss://`` is TLS by its scheme)."""
-    if urlsplit(url).scheme in {"ws", "wss"}:
-        return True
-    transport = getattr(nc, "_transport", None)
-    writer = getattr(transport, "_io_writer", None)
-    return writer is not None and writer.get_extra_info("ssl_object") is not None
-
-
 async def connect_nats(
     url: str,
     name: str,
@@ -88,9 +77,9 @@ async def connect_nats(
     The first connect is one try (``allow_reconnect=False``), so a server that is down fails
     at once instead of looping inside nats-py at its fixed pace; once connected, reconnects are
     unlimited. ``on_failure`` gets a one-line description of each failed attempt;
-    ``identity`` adds TLS (handshake first; a connection left unencrypted although
-    ``identity`` has a CA is closed and counts as a failed attempt), an nkey login and an
-    inbox prefix; ``callbacks`` (``error_cb``, ``disconnected_cb``...) go to ``nats.connect``.
+    ``identity`` adds TLS (handshake first, so a server without TLS fails the attempt: nothing
+    goes out in plain text), an nkey login and an inbox prefix; ``callbacks`` (``error_cb``,
+    ``disconnected_cb``...) go to ``nats.connect``.
     """
     while True:
         nc = NatsClient()
@@ -104,7 +93,6 @@ async def connect_nats(
                 **(identity.options(url) if identity else {}),
                 **callbacks,
             )
-            await _refuse_plain_text(url, nc, identity)
         except Exception as exc:
             _drop(nc)
             delay = backoff.next()
@@ -117,16 +105,6 @@ async def connect_nats(
         nc.options["max_reconnect_attempts"] = -1
         backoff.reset()
         return nc
-
-
-class _PlainTextError(Exception):
-    pass
-
-
-async def _refuse_plain_text(url: str, nc: NatsClient, identity: NatsIdentity | None) -> None:
-    if identity is not None and identity.ca_file and not _tls_in_use(url, nc):
-        await nc.close()
-        raise _PlainTextError("the server does not use TLS (a CA is configured)")
 
 
 def _describe(exc: Exception) -> str:
