@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import Any, Final
 
 from nats.aio.msg import Msg
 
+from contract.fileio import write_atomic
 from edge.config import EdgeConfig
 from edge.sources.devtokens import JwtRefusedError, VerificationKey, load_key, verify_jwt
 from edge.stats import EdgeStats
@@ -131,24 +130,10 @@ def _managed(text: str) -> tuple[int, list[str]]:
     return issued, entries
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_keeping_mode(path: Path, text: str) -> None:
+    """Replace ``path`` atomically, keeping its mode (the site admin's config file)."""
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        Path(tmp).chmod(mode)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, text.encode(), mode)
 
 
 class EdgeCommands:
@@ -267,7 +252,7 @@ class EdgeCommands:
             return False
         for path in self.files:
             text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-            _write_atomically(path, replace_block(text, block))
+            _write_keeping_mode(path, replace_block(text, block))
         self._entries = entries
         self._stats.count("device-revocations-applied")
         _log.info(

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contract.capin import PinError, certificate_fingerprint, normalize_pin
 from contract.errors import CairnError
+from contract.fileio import write_atomic
 from contract.keyproof import key_fingerprint, sign_rotation
 from contract.settings import read_toml, section, table
 from contract.signing import (
@@ -50,7 +51,6 @@ from edge.identity import (
     KEY_FILE,
     TOKEN_KEY_FILE,
     read_enrollment,
-    write_atomic,
 )
 
 __all__ = ["EnrollError", "Enrolled", "data_dir_of", "enroll", "rotate_key"]

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contract.errors import ConfigError
-from contract.fileio import write_atomic
 from contract.names import TOKEN_RE, inbox_prefix
 from contract.natsconn import NatsIdentity
 from contract.nkeyid import nkey_public, nkey_seed
@@ -52,7 +51,6 @@ __all__ = [
     "nats_identity",
     "read_enrollment",
     "with_hub_token_key",
-    "write_atomic",
 ]
 
 _log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from contract.backoff import Backoff
 from contract.codec import encode_batch
+from contract.fileio import write_atomic
 from contract.keyproof import key_fingerprint
 from contract.model import Reading
 from contract.names import (
@@ -36,7 +37,7 @@ from contract.signing import (
     load_or_create_key,
     public_key_bytes,
 )
-from edge.identity import Enrollment, KeyHolder, nats_identity, rekey_connection, write_atomic
+from edge.identity import Enrollment, KeyHolder, nats_identity, rekey_connection
 from hub.registry import Registry
 from simulator.fleet import Fleet, FleetSpec
 from simulator.lab import Lab, LabSettings

@@ -293,7 +293,7 @@ async def test_the_schedule_starts_when_every_device_type_is_ready() -> None:
     loop.expect(dtype, None)  # endless types are waited for too
     loop.expect(dtype, range(0))  # a type with nothing to send is not
     first = asyncio.create_task(loop.ready())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn: the task runs up to its wait (no time passes)
     assert not first.done()
     await loop.ready()
     await first
